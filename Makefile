@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= default.etcd
+# extra flags for `make run`, e.g. ARGS="--unsafe-no-fsync"
+ARGS ?=
+
+.PHONY: install run test test-server test-clients proto proto-check bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/etcdlite --data-dir $(DATA_DIR) --listen-client-urls http://127.0.0.1:2379 \
+		--advertise-client-urls http://127.0.0.1:2379 $(ARGS)
+
+proto: $(STAMP)
+	$(BIN)/python protos/gen.py server/pb
+
+# CI: regenerating the stubs must change nothing that is checked in.
+proto-check: proto
+	git diff --exit-code --stat -- server/pb
+	@test -z "$$(git status --porcelain -- server/pb)" || { git status --porcelain -- server/pb; exit 1; }
+
+# Two pytest runs: the etcd3 client needs the pure-Python protobuf and
+# registers its own etcdserverpb descriptors, which clash with ours in one process.
+test: $(STAMP) proto-check test-server test-clients
+
+test-server: $(STAMP)
+	$(BIN)/pytest -q tests --ignore=tests/clients
+
+test-clients: $(STAMP)
+	PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python $(BIN)/pytest -q tests/clients
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,228 @@
+"""The lessor: leases, their keys and their expiry (etcd's lease package).
+
+The lessor does not know the store.  It revokes through a small delete-txn
+interface: one txn deletes the lease's keys in sorted order and drops the
+lease, so a revoke is one revision, as in etcd.  A background reaper, owned
+by the lessor, revokes leases as they expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from . import errors
+
+log = logging.getLogger("etcdlite.lease")
+
+MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL (seconds)
+# etcd: ceil(1.5 * election timeout) with the default 100 ms heartbeat and 10 election ticks
+DEFAULT_MIN_TTL = math.ceil((3 * 10) // 2 * 0.1)
+
+
+class DeleteTxn(Protocol):
+    lease_revokes: list[int]
+
+    def delete_range(self, key: bytes, end: bytes | None) -> list: ...
+
+    def end(self, lease_grants: list[tuple[int, int]] | None = None) -> int: ...
+
+
+class Lease:
+    __slots__ = ("id", "ttl", "expiry", "keys")
+
+    def __init__(self, lease_id: int, ttl: int, expiry: float) -> None:
+        self.id = lease_id
+        self.ttl = ttl  # granted TTL in seconds (after the minimum is applied)
+        self.expiry = expiry  # time.monotonic() deadline
+        self.keys: set[bytes] = set()
+
+    def remaining(self, now: float) -> float:
+        return self.expiry - now
+
+
+class IdGenerator:
+    """etcd's idutil.Generator: member id's low 16 bits, 40 bits of ms clock, 8-bit counter."""
+
+    def __init__(self, member_id: int) -> None:
+        self._prefix = (member_id & 0xFFFF) << 48
+        self._suffix = ((time.time_ns() // 1_000_000) & ((1 << 40) - 1)) << 8
+
+    def next(self) -> int:
+        self._suffix += 1
+        return (self._prefix | (self._suffix & ((1 << 48) - 1))) & ((1 << 63) - 1)
+
+
+class Lessor:
+    def __init__(self, begin_delete_txn: Callable[[], DeleteTxn], member_id: int,
+                 min_ttl: int = DEFAULT_MIN_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        self._begin_delete_txn = begin_delete_txn
+        self._ids = IdGenerator(member_id)
+        self._min_ttl = min_ttl
+        self._clock = clock
+        self._leases: dict[int, Lease] = {}
+        self._expiry_heap: list[tuple[float, int]] = []
+        self._wakeup = asyncio.Event()
+        self._reaper: asyncio.Task[None] | None = None
+        self._revoke_listeners: list[Callable[[int], None]] = []
+
+    # -- the store's side (LeaseAttacher) ------------------------------------------------
+    def exists(self, lease_id: int) -> bool:
+        return lease_id in self._leases
+
+    def attach(self, lease_id: int, key: bytes) -> None:
+        lease = self._leases.get(lease_id)
+        if lease is not None:
+            lease.keys.add(key)
+
+    def detach(self, lease_id: int, key: bytes) -> None:
+        lease = self._leases.get(lease_id)
+        if lease is not None:
+            lease.keys.discard(key)
+
+    # -- operations -----------------------------------------------------------------------
+    def new_id(self) -> int:
+        while True:
+            lease_id = self._ids.next()
+            if lease_id and lease_id not in self._leases:
+                return lease_id
+
+    def grant(self, lease_id: int, ttl: int) -> tuple[Lease, int]:
+        """Grant a lease (``lease_id`` 0: choose one).  Returns it and the journal sequence."""
+        if lease_id == 0:
+            lease_id = self.new_id()
+        if ttl > MAX_LEASE_TTL:
+            raise errors.LEASE_TTL_TOO_LARGE
+        if lease_id in self._leases:
+            raise errors.LEASE_EXIST
+        lease = self._add(lease_id, ttl)
+        seq = self._begin_delete_txn().end(lease_grants=[(lease.id, lease.ttl)])
+        return lease, seq
+
+    def _add(self, lease_id: int, ttl: int) -> Lease:
+        ttl = max(ttl, self._min_ttl)
+        lease = Lease(lease_id, ttl, self._clock() + ttl)
+        self._leases[lease_id] = lease
+        self._schedule(lease)
+        return lease
+
+    def revoke(self, lease_id: int) -> int:
+        """Delete the lease and its keys in one txn; returns the journal sequence."""
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise errors.LEASE_NOT_FOUND
+        txn = self._begin_delete_txn()
+        for key in sorted(lease.keys):
+            txn.delete_range(key, None)
+        txn.lease_revokes.append(lease_id)
+        del self._leases[lease_id]
+        seq = txn.end()
+        for listener in self._revoke_listeners:
+            listener(lease_id)
+        return seq
+
+    def renew(self, lease_id: int) -> int:
+        """Keep-alive: restart the lease's TTL; returns the TTL."""
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise errors.LEASE_NOT_FOUND
+        now = self._clock()
+        if lease.expiry <= now:
+            # expired, its revoke is due: etcd answers "not found" rather than resurrect it
+            self._wakeup.set()
+            raise errors.LEASE_NOT_FOUND
+        lease.expiry = now + lease.ttl
+        self._schedule(lease)
+        return lease.ttl
+
+    def lookup(self, lease_id: int) -> Lease | None:
+        return self._leases.get(lease_id)
+
+    def remaining_seconds(self, lease: Lease) -> int:
+        return int(lease.remaining(self._clock()))
+
+    def leases(self) -> list[Lease]:
+        return list(self._leases.values())
+
+    def add_revoke_listener(self, listener: Callable[[int], None]) -> None:
+        self._revoke_listeners.append(listener)
+
+    # -- recovery -------------------------------------------------------------------------
+    def restore_grant(self, lease_id: int, ttl: int) -> None:
+        """A lease from the journal: like etcd, it gets its full TTL again from start-up."""
+        self._add(lease_id, ttl)
+
+    def restore_revoke(self, lease_id: int) -> None:
+        self._leases.pop(lease_id, None)
+
+    # -- expiry -------------------------------------------------------------------------------
+    def _schedule(self, lease: Lease) -> None:
+        heapq.heappush(self._expiry_heap, (lease.expiry, lease.id))
+        if self._expiry_heap[0][1] == lease.id:
+            self._wakeup.set()
+        # renewals leave stale heap entries behind; rebuild before they dominate
+        if len(self._expiry_heap) > 2 * len(self._leases) + 64:
+            self._expiry_heap = [(le.expiry, le.id) for le in self._leases.values()]
+            heapq.heapify(self._expiry_heap)
+
+    def expired(self) -> list[int]:
+        """Leases past their expiry, popping stale heap entries on the way."""
+        now = self._clock()
+        heap = self._expiry_heap
+        due: list[int] = []
+        while heap and heap[0][0] <= now:
+            expiry, lease_id = heapq.heappop(heap)
+            lease = self._leases.get(lease_id)
+            if lease is not None and lease.expiry == expiry:
+                due.append(lease_id)
+        return due
+
+    def _next_deadline(self) -> float | None:
+        heap = self._expiry_heap
+        while heap:
+            expiry, lease_id = heap[0]
+            lease = self._leases.get(lease_id)
+            if lease is not None and lease.expiry == expiry:
+                return expiry
+            heapq.heappop(heap)
+        return None
+
+    async def _reap_forever(self) -> None:
+        while True:
+            deadline = self._next_deadline()
+            self._wakeup.clear()
+            timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            if timeout is None or timeout > 0:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                except TimeoutError:
+                    pass
+            for lease_id in self.expired():
+                try:
+                    self.revoke(lease_id)
+                except errors.EtcdError:
+                    continue  # revoked meanwhile by a client
+                except Exception:  # the reaper must outlive a failing journal
+                    log.exception("revoking expired lease %x failed", lease_id)
+            await asyncio.sleep(0)
+
+    def start(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever(), name="lease-reaper")
+
+    def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._reaper is not None:
+            try:
+                await self._reaper
+            except asyncio.CancelledError:
+                pass
+            self._reaper = None

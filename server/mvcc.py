@@ -1,0 +1,417 @@
+"""The MVCC key space: one global revision, per-key history, compaction.
+
+Like etcd's mvcc package: every write transaction that changes something gets
+the next main revision; each key keeps its versions so reads at an old
+revision work until a compaction drops them.  All of it lives in memory and is
+touched only from the event loop, so no locks.  Durability is the journal's
+job: every change is handed to it as an ``Entry`` and becomes visible to
+readers (``visible_revision``) and watchers only once the journal says it is
+on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sortedcontainers import SortedList
+
+from . import errors
+
+
+class KeyValue:
+    """One version of a key.  ``version == 0`` marks a tombstone (a delete)."""
+
+    __slots__ = ("key", "value", "create_revision", "mod_revision", "version", "lease")
+
+    def __init__(
+        self, key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int
+    ) -> None:
+        self.key = key
+        self.value = value
+        self.create_revision = create_revision
+        self.mod_revision = mod_revision
+        self.version = version
+        self.lease = lease
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self.version == 0
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyValue({self.key!r}, {self.value!r}, c={self.create_revision}, m={self.mod_revision}, "
+            f"v={self.version}, lease={self.lease})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeyValue) and all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+
+
+def tombstone(key: bytes, revision: int) -> KeyValue:
+    return KeyValue(key, b"", 0, revision, 0, 0)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One journal record: what a write did, enough to replay it exactly.
+
+    ``changes`` are the new versions (and tombstones) written at ``revision``;
+    lease grants/revokes and compactions ride along so one record is one
+    atomic step (a lease revoke deletes its keys and the lease together).
+    """
+
+    revision: int
+    changes: list[KeyValue] = field(default_factory=list)
+    lease_grants: list[tuple[int, int]] = field(default_factory=list)  # (lease id, ttl)
+    lease_revokes: list[int] = field(default_factory=list)
+    compact_revision: int = 0
+
+
+class Journal(Protocol):
+    """Where entries go to become durable (see ``server.wal``)."""
+
+    def append(self, entry: Entry) -> int:
+        """Queue ``entry``; returns its sequence number."""
+        ...
+
+
+class LeaseAttacher(Protocol):
+    """What the store tells the lessor when a key's lease changes."""
+
+    def attach(self, lease_id: int, key: bytes) -> None: ...
+
+    def detach(self, lease_id: int, key: bytes) -> None: ...
+
+    def exists(self, lease_id: int) -> bool: ...
+
+
+@dataclass(slots=True)
+class RangeResult:
+    kvs: list[KeyValue]
+    count: int
+    revision: int  # the store revision the read was served at the head of
+
+
+class MemoryJournal:
+    """A journal that is durable at once: for tests and ``--unsafe-no-fsync``-free in-memory use."""
+
+    def __init__(self) -> None:
+        self._seq = 0
+        self.on_durable: Callable[[int], None] | None = None
+
+    def append(self, entry: Entry) -> int:
+        self._seq += 1
+        if self.on_durable is not None:
+            self.on_durable(self._seq)
+        return self._seq
+
+
+def _end_of(end: bytes | None) -> bytes | None:
+    """etcd's range_end: ``None``/empty is a single key, ``b"\\0"`` is "to the end" (returned as b"")."""
+    if end == b"\x00":
+        return b""
+    return end or None
+
+
+class MVCCStore:
+    def __init__(self) -> None:
+        self._history: dict[bytes, list[KeyValue]] = {}
+        self._keys: SortedList = SortedList()
+        # per revision, the versions written at it, in write order; trimmed by compaction
+        self._revisions: list[int] = []
+        self._changes: list[list[KeyValue]] = []
+        self.current_revision = 1  # the last applied revision (etcd starts at 1)
+        self.compact_revision = 0
+        self.visible_revision = 1  # the last durable revision: what readers see
+        self.leases: LeaseAttacher | None = None
+        self._journal: Journal = MemoryJournal()
+        self._pending: list[tuple[int, int]] = []  # (journal seq, revision) not yet durable
+        self._durable_seq = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._durable_listeners: list[Callable[[int, int], None]] = []
+        self._install_journal(self._journal)
+
+    # -- wiring -------------------------------------------------------------------------
+    def use_journal(self, journal: Journal) -> None:
+        self._install_journal(journal)
+
+    def _install_journal(self, journal: Journal) -> None:
+        self._journal = journal
+        if hasattr(journal, "on_durable"):
+            journal.on_durable = self._mark_durable  # type: ignore[attr-defined]
+
+    def add_durable_listener(self, listener: Callable[[int, int], None]) -> None:
+        """``listener(old_visible_revision, new_visible_revision)`` runs when writes become visible."""
+        self._durable_listeners.append(listener)
+
+    # -- durability -----------------------------------------------------------------------
+    def journal(self, entry: Entry) -> int:
+        seq = self._journal.append(entry)
+        self._pending.append((seq, entry.revision))
+        self._advance()
+        return seq
+
+    def _mark_durable(self, seq: int) -> None:
+        self._durable_seq = max(self._durable_seq, seq)
+        self._advance()
+
+    def _advance(self) -> None:
+        durable = self._durable_seq
+        old = self.visible_revision
+        n = 0
+        for seq, rev in self._pending:
+            if seq > durable:
+                break
+            if rev > self.visible_revision:
+                self.visible_revision = rev
+            n += 1
+        if n:
+            del self._pending[:n]
+        if self._waiters:
+            still = []
+            for seq, fut in self._waiters:
+                if seq <= durable:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    still.append((seq, fut))
+            self._waiters = still
+        if self.visible_revision != old:
+            for listener in self._durable_listeners:
+                listener(old, self.visible_revision)
+
+    async def wait_durable(self, seq: int) -> None:
+        if seq <= self._durable_seq:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, fut))
+        await fut
+
+    def fail_waiters(self, exc: BaseException) -> None:
+        """The journal broke: nothing pending will become durable."""
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._waiters = []
+
+    @property
+    def last_seq(self) -> int:
+        return self._pending[-1][0] if self._pending else self._durable_seq
+
+    # -- reads ----------------------------------------------------------------------------
+    def check_revision(self, rev: int, head: int) -> int:
+        """etcd's rangeKeys checks: 0 means ``head``; past it is future; below compaction is gone."""
+        if rev > head:
+            raise errors.FUTURE_REV
+        if rev <= 0:
+            rev = head
+        if rev < self.compact_revision:
+            raise errors.COMPACTED
+        return rev
+
+    @staticmethod
+    def _at(versions: list[KeyValue], rev: int) -> KeyValue | None:
+        last = versions[-1]
+        if last.mod_revision <= rev:
+            return None if last.version == 0 else last
+        for kv in reversed(versions):
+            if kv.mod_revision <= rev:
+                return None if kv.version == 0 else kv
+        return None
+
+    def get(self, key: bytes, rev: int) -> KeyValue | None:
+        versions = self._history.get(key)
+        if versions is None:
+            return None
+        return self._at(versions, rev)
+
+    def _iter_keys(self, key: bytes, end: bytes | None) -> Iterator[bytes]:
+        if end is None:
+            if key in self._history:
+                yield key
+            return
+        if end == b"":
+            yield from self._keys.irange(key, None)
+        elif key < end:
+            yield from self._keys.irange(key, end, inclusive=(True, False))
+
+    def range(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, *, head: int | None = None,
+              count_only: bool = False) -> RangeResult:
+        """Keys in [key, end) as of ``rev`` (0: ``head``).  ``end`` follows etcd's range_end rules.
+
+        ``count`` is every live key in the range; ``kvs`` stops at ``limit``.
+        """
+        head = self.visible_revision if head is None else head
+        rev = self.check_revision(rev, head)
+        end = _end_of(end)
+        if end is None:
+            kv = self.get(key, rev)
+            kvs = [] if kv is None else [kv]
+            return RangeResult([] if count_only else kvs, len(kvs), head)
+        kvs: list[KeyValue] = []
+        count = 0
+        history = self._history
+        at = self._at
+        for k in self._iter_keys(key, end):
+            kv = at(history[k], rev)
+            if kv is None:
+                continue
+            count += 1
+            if not count_only and (limit <= 0 or len(kvs) < limit):
+                kvs.append(kv)
+        return RangeResult(kvs, count, head)
+
+    def changes_since(self, start_rev: int, upto: int) -> Iterator[tuple[int, list[KeyValue]]]:
+        """(revision, versions written at it) for start_rev <= revision <= upto, oldest first."""
+        i = bisect.bisect_left(self._revisions, start_rev)
+        revisions, changes = self._revisions, self._changes
+        while i < len(revisions) and revisions[i] <= upto:
+            yield revisions[i], changes[i]
+            i += 1
+
+    def key_count(self) -> int:
+        return len(self._keys)
+
+    # -- writes ---------------------------------------------------------------------------
+    def write_txn(self) -> WriteTxn:
+        return WriteTxn(self)
+
+    def _apply(self, kv: KeyValue) -> None:
+        versions = self._history.get(kv.key)
+        if versions is None:
+            self._history[kv.key] = [kv]
+            self._keys.add(kv.key)
+        else:
+            versions.append(kv)
+
+    def _record(self, revision: int, changes: list[KeyValue]) -> None:
+        self._revisions.append(revision)
+        self._changes.append(changes)
+        self.current_revision = revision
+
+    def compact(self, rev: int) -> int:
+        """Drop history below ``rev``; returns the journal sequence to wait on."""
+        if rev <= self.compact_revision:
+            raise errors.COMPACTED
+        if rev > self.current_revision:
+            raise errors.FUTURE_REV
+        self._compact(rev)
+        return self.journal(Entry(revision=self.current_revision, compact_revision=rev))
+
+    def _compact(self, rev: int) -> None:
+        self.compact_revision = rev
+        cut = bisect.bisect_right(self._revisions, rev)
+        touched = {kv.key for changes in self._changes[:cut] for kv in changes}
+        del self._revisions[:cut]
+        del self._changes[:cut]
+        for key in touched:
+            versions = self._history[key]
+            # keep the newest version at or below rev (unless it is a tombstone) and all above
+            i = len(versions) - 1
+            while i >= 0 and versions[i].mod_revision > rev:
+                i -= 1
+            if i < 0:
+                continue
+            keep_from = i + 1 if versions[i].version == 0 else i
+            if keep_from:
+                del versions[:keep_from]
+            if not versions:
+                del self._history[key]
+                self._keys.remove(key)
+
+    # -- replay (journal recovery) --------------------------------------------------------
+    def replay(self, entry: Entry) -> None:
+        """Re-apply a journaled entry at start-up: no lease checks, no journaling."""
+        if entry.changes:
+            for kv in entry.changes:
+                self._apply(kv)
+            self._record(entry.revision, list(entry.changes))
+        if entry.compact_revision:
+            self._compact(entry.compact_revision)
+        self.visible_revision = self.current_revision = max(self.current_revision, entry.revision)
+
+    def all_live(self) -> Iterator[KeyValue]:
+        for key in self._keys:
+            kv = self._at(self._history[key], self.current_revision)
+            if kv is not None:
+                yield kv
+
+
+class WriteTxn:
+    """A write transaction: reads see its own writes; all writes share one revision.
+
+    Changes go into the store as they are made (the event loop runs one txn
+    at a time); ``end()`` records them under the new revision and journals
+    them.  A txn that changed nothing takes no revision.
+    """
+
+    def __init__(self, store: MVCCStore) -> None:
+        self._store = store
+        self.base_revision = store.current_revision
+        self.revision = store.current_revision + 1
+        self.changes: list[KeyValue] = []
+        self.lease_revokes: list[int] = []
+
+    @property
+    def read_revision(self) -> int:
+        """The revision a read inside the txn reports: its own once it has written."""
+        return self.revision if self.changes else self.base_revision
+
+    def range(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
+              count_only: bool = False) -> RangeResult:
+        head = self.read_revision
+        return self._store.range(key, end, rev or head, limit, head=head, count_only=count_only)
+
+    def get(self, key: bytes) -> KeyValue | None:
+        return self._store.get(key, self.revision)
+
+    def put(self, key: bytes, value: bytes, lease: int) -> KeyValue:
+        store = self._store
+        prev = store.get(key, self.revision)
+        if prev is None:
+            kv = KeyValue(key, value, self.revision, self.revision, 1, lease)
+        else:
+            kv = KeyValue(key, value, prev.create_revision, self.revision, prev.version + 1, lease)
+        store._apply(kv)
+        self.changes.append(kv)
+        leases = store.leases
+        if leases is not None:
+            if prev is not None and prev.lease and prev.lease != lease:
+                leases.detach(prev.lease, key)
+            if lease:
+                leases.attach(lease, key)
+        return kv
+
+    def delete_range(self, key: bytes, end: bytes | None) -> list[KeyValue]:
+        store = self._store
+        deleted = store.range(key, end, self.revision, head=self.revision).kvs
+        for prev in deleted:
+            self._delete(prev)
+        return deleted
+
+    def _delete(self, prev: KeyValue) -> None:
+        store = self._store
+        dead = tombstone(prev.key, self.revision)
+        store._apply(dead)
+        self.changes.append(dead)
+        if prev.lease and store.leases is not None:
+            store.leases.detach(prev.lease, prev.key)
+
+    def end(self, lease_grants: list[tuple[int, int]] | None = None) -> int:
+        """Commit; returns the journal sequence number to wait on for durability."""
+        store = self._store
+        if self.changes:
+            store._record(self.revision, self.changes)
+            revision = self.revision
+        else:
+            revision = self.base_revision
+        if not self.changes and not self.lease_revokes and not lease_grants:
+            return store.last_seq
+        return store.journal(
+            Entry(revision=revision, changes=self.changes, lease_grants=lease_grants or [],
+                  lease_revokes=self.lease_revokes)
+        )
