@@ -41,3 +41,7 @@ test-clients: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# etcd and etcdlite side by side under etcd's own benchmark tool (see bench/run.py)
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --out bench/results.md

@@ -8,6 +8,7 @@ import logging
 import grpc
 
 from .api import generic_handler
+from .api.cluster import ClusterService
 from .api.kv import KVService
 from .api.lease import LeaseService
 from .config import Config, ConfigError
@@ -34,6 +35,7 @@ class EtcdServer:
         impls = {
             "KV": KVService(node),
             "Lease": LeaseService(node),
+            "Cluster": ClusterService(node),
         }
         handlers = []
         for name, service in rpc_pb2.DESCRIPTOR.services_by_name.items():
