@@ -88,13 +88,18 @@ class Server:
         while True:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{self.kind} exited:\n{self.log.read_text()}")
-            r = subprocess.run([str(etcdctl), f"--endpoints=127.0.0.1:{self.port}", "--dial-timeout=1s",
-                                "get", "x"], capture_output=True)
-            if r.returncode == 0:
-                break
             if time.monotonic() - t0 > 30:
                 raise SystemExit(f"{self.kind} not ready:\n{self.log.read_text()}")
-            time.sleep(0.02)
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
+            except OSError:
+                time.sleep(0.005)
+                continue
+            # listening; the first request that is answered ends the start-up
+            r = subprocess.run([str(etcdctl), f"--endpoints=127.0.0.1:{self.port}", "--dial-timeout=2s",
+                                "--command-timeout=2s", "get", "x"], capture_output=True)
+            if r.returncode == 0:
+                break
         self.startup_seconds = time.monotonic() - t0
 
     def rss_mib(self) -> float:
