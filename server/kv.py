@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from . import errors
+from .gosort import go_sort
 from .lease import Lessor
 from .mvcc import KeyValue, MVCCStore, WriteTxn
 from .pb.etcdserverpb import rpc_pb2 as pb
@@ -84,6 +85,8 @@ def _check_op(op: pb.RequestOp, max_txn_ops: int) -> None:
         check_delete(op.request_delete_range)
     elif which == "request_txn":
         check_txn(op.request_txn, max_txn_ops)
+    else:  # an empty RequestOp: etcd answers "key not found"
+        raise errors.KEY_NOT_FOUND
 
 
 class _Deletes:
@@ -93,9 +96,8 @@ class _Deletes:
         self.ranges: list[tuple[bytes, bytes | None]] = []  # (start, end or None for one key)
 
     def add(self, key: bytes, end: bytes) -> None:
-        if end == b"\x00":
-            self.ranges.append((key, b""))
-        elif end:
+        # etcd's interval tree takes range_end literally here: "\0" (from key) covers nothing
+        if end:
             self.ranges.append((key, end))
         else:
             self.ranges.append((key, None))
@@ -105,7 +107,7 @@ class _Deletes:
             if end is None:
                 if key == start:
                     return True
-            elif start <= key and (end == b"" or key < end):
+            elif start <= key < end:
                 return True
         return False
 
@@ -173,12 +175,12 @@ class KVApplier:
         sort_order = r.sort_order
         if r.sort_target != RangeRequest.KEY and sort_order == RangeRequest.NONE:
             sort_order = RangeRequest.ASCEND
-        if sort_order != RangeRequest.NONE:
+        if sort_order != RangeRequest.NONE and not (sort_order == RangeRequest.ASCEND
+                                                    and r.sort_target == RangeRequest.KEY):
+            # already in key order otherwise; ties must land where etcd's Go sort puts them
             key = _SORT_KEYS.get(r.sort_target, _SORT_KEYS[RangeRequest.KEY])
-            if sort_order == RangeRequest.DESCEND:
-                kvs = sorted(kvs, key=key, reverse=True)
-            elif sort_order == RangeRequest.ASCEND and r.sort_target != RangeRequest.KEY:
-                kvs = sorted(kvs, key=key)
+            perm = go_sort([key(kv) for kv in kvs], reverse=sort_order == RangeRequest.DESCEND)
+            kvs = [kvs[i] for i in perm]
         more = False
         if r.limit > 0 and len(kvs) > r.limit:
             kvs = kvs[: r.limit]
