@@ -7,7 +7,7 @@ DATA_DIR ?= default.etcd
 # extra flags for `make run`, e.g. ARGS="--unsafe-no-fsync"
 ARGS ?=
 
-.PHONY: install run test test-server test-clients proto proto-check bench clean
+.PHONY: install run test test-server test-clients proto proto-check bench clean crash-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test-server: $(STAMP)
 
 test-clients: $(STAMP)
 	PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python $(BIN)/pytest -q tests/clients
+
+# The crash loop of tests/test_crash.py (5 rounds in `make test`) with more rounds: CRASH_ROUNDS=200
+CRASH_ROUNDS ?= 50
+crash-test: $(STAMP)
+	ETCDLITE_CRASH_ROUNDS=$(CRASH_ROUNDS) $(BIN)/pytest -q --timeout=0 tests/test_crash.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -75,6 +75,11 @@ def check_txn(r: pb.TxnRequest, max_txn_ops: int) -> None:
     _check_intervals(r.failure)
 
 
+def is_read_only(r: pb.TxnRequest) -> bool:
+    """etcd's isTxnReadonly: only Range ops, in both branches (a nested txn counts as a write)."""
+    return all(op.WhichOneof("request") == "request_range" for op in (*r.success, *r.failure))
+
+
 def _check_op(op: pb.RequestOp, max_txn_ops: int) -> None:
     which = op.WhichOneof("request")
     if which == "request_range":

@@ -126,12 +126,14 @@ class MVCCStore:
         self._changes: list[list[KeyValue]] = []
         self.current_revision = 1  # the last applied revision (etcd starts at 1)
         self.compact_revision = 0
+        self._compacted = False
         self.visible_revision = 1  # the last durable revision: what readers see
         self.leases: LeaseAttacher | None = None
         self._journal: Journal = MemoryJournal()
         self._pending: list[tuple[int, int]] = []  # (journal seq, revision) not yet durable
         self._durable_seq = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._failure: BaseException | None = None  # set once the journal broke
         self._durable_listeners: list[Callable[[int, int], None]] = []
         self._install_journal(self._journal)
 
@@ -187,12 +189,15 @@ class MVCCStore:
     async def wait_durable(self, seq: int) -> None:
         if seq <= self._durable_seq:
             return
+        if self._failure is not None:
+            raise self._failure
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((seq, fut))
         await fut
 
     def fail_waiters(self, exc: BaseException) -> None:
-        """The journal broke: nothing pending will become durable."""
+        """The journal broke: nothing pending will become durable, now or later."""
+        self._failure = exc
         for _, fut in self._waiters:
             if not fut.done():
                 fut.set_exception(exc)
@@ -295,7 +300,8 @@ class MVCCStore:
 
     def compact(self, rev: int) -> int:
         """Drop history below ``rev``; returns the journal sequence to wait on."""
-        if rev <= self.compact_revision:
+        # etcd starts with no compaction at all (compactMainRev -1), so a first Compact(0) succeeds
+        if rev <= self.compact_revision and (self._compacted or rev < 0):
             raise errors.COMPACTED
         if rev > self.current_revision:
             raise errors.FUTURE_REV
@@ -303,13 +309,19 @@ class MVCCStore:
         return self.journal(Entry(revision=self.current_revision, compact_revision=rev))
 
     def _compact(self, rev: int) -> None:
+        self._compacted = True
         self.compact_revision = rev
         cut = bisect.bisect_right(self._revisions, rev)
         touched = {kv.key for changes in self._changes[:cut] for kv in changes}
-        del self._revisions[:cut]
-        del self._changes[:cut]
+        # The change log keeps the compact revision itself (a watch from it replays its puts, as
+        # etcd's) and anything not yet visible (its watchers have not been told of it yet).
+        keep = bisect.bisect_left(self._revisions, min(rev, self.visible_revision + 1))
+        del self._revisions[:keep]
+        del self._changes[:keep]
         for key in touched:
-            versions = self._history[key]
+            versions = self._history.get(key)
+            if versions is None:  # a previous compaction already dropped it (its tombstone stayed logged)
+                continue
             # keep the newest version at or below rev (unless it is a tombstone) and all above
             i = len(versions) - 1
             while i >= 0 and versions[i].mod_revision > rev:
@@ -333,6 +345,11 @@ class MVCCStore:
         if entry.compact_revision:
             self._compact(entry.compact_revision)
         self.visible_revision = self.current_revision = max(self.current_revision, entry.revision)
+
+    def history(self) -> Iterator[KeyValue]:
+        """Every version the store holds (all that compaction kept), key by key, oldest first."""
+        for key in self._keys:
+            yield from self._history[key]
 
     def all_live(self) -> Iterator[KeyValue]:
         for key in self._keys:

@@ -22,12 +22,14 @@ class KVService:
 
     async def range(self, request: pb.RangeRequest, context: grpc.aio.ServicerContext) -> pb.RangeResponse:
         kv.check_range(request)
+        self._node.auth.check_range(context, request)
         resp = self._kv.range(request)
         self._node.fill_header(resp.header)
         return resp
 
     async def put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
         kv.check_put(request)
+        self._node.auth.check_put(context, request)
         self._check_size(request)
         self._node.check_space()
         resp, seq = self._kv.put(request)
@@ -38,6 +40,7 @@ class KVService:
     async def delete_range(self, request: pb.DeleteRangeRequest, context: grpc.aio.ServicerContext
                            ) -> pb.DeleteRangeResponse:
         kv.check_delete(request)
+        self._node.auth.check_delete_range(context, request)
         self._check_size(request)
         resp, seq = self._kv.delete_range(request)
         await self._node.store.wait_durable(seq)
@@ -46,7 +49,9 @@ class KVService:
 
     async def txn(self, request: pb.TxnRequest, context: grpc.aio.ServicerContext) -> pb.TxnResponse:
         kv.check_txn(request, self._max_txn_ops)
-        self._check_size(request)
+        self._node.auth.check_txn(context, request)
+        if not kv.is_read_only(request):  # etcd serves read-only txns without raft, so unchecked
+            self._check_size(request)
         if _has_put(request):
             self._node.check_space()
         resp, seq = self._kv.txn(request)
@@ -56,6 +61,7 @@ class KVService:
 
     async def compact(self, request: pb.CompactionRequest, context: grpc.aio.ServicerContext
                       ) -> pb.CompactionResponse:
+        self._node.auth.check_token(context)  # etcd checks no permission for a compaction
         resp, seq = self._kv.compact(request)
         await self._node.store.wait_durable(seq)
         self._node.fill_header(resp.header)

@@ -16,6 +16,7 @@ class LeaseService:
 
     async def lease_grant(self, request: pb.LeaseGrantRequest, context: grpc.aio.ServicerContext
                           ) -> pb.LeaseGrantResponse:
+        self._node.auth.check_token(context)
         if request.ByteSize() > self._node.config.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
         self._node.check_space()
@@ -27,6 +28,7 @@ class LeaseService:
 
     async def lease_revoke(self, request: pb.LeaseRevokeRequest, context: grpc.aio.ServicerContext
                            ) -> pb.LeaseRevokeResponse:
+        self._node.auth.check_lease_revoke(context, request)
         seq = self._lessor.revoke(request.ID)
         await self._node.store.wait_durable(seq)
         resp = pb.LeaseRevokeResponse()
@@ -35,6 +37,7 @@ class LeaseService:
 
     async def lease_keep_alive(self, requests, context: grpc.aio.ServicerContext) -> None:
         async for request in requests:
+            self._node.auth.check_lease_keep_alive(context, request)
             resp = pb.LeaseKeepAliveResponse(ID=request.ID)
             # header before the renew, as etcd: its revision never runs ahead of the renewal
             self._node.fill_header(resp.header)
@@ -48,6 +51,7 @@ class LeaseService:
 
     async def lease_time_to_live(self, request: pb.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
                                  ) -> pb.LeaseTimeToLiveResponse:
+        self._node.auth.check_lease_time_to_live(context, request)
         lease = self._lessor.lookup(request.ID)
         if lease is None:
             resp = pb.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)

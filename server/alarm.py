@@ -1,0 +1,79 @@
+"""etcd's alarm store: raised alarms per (member, type), kept across restarts in ``member/alarms``.
+
+A NOSPACE alarm caps the server as etcd's applierV3Capped does (puts, txns with puts and lease
+grants fail with "database space exceeded") until ``etcdctl alarm disarm``; a CORRUPT alarm makes
+those writes fail with "corrupt cluster".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .pb.etcdserverpb import rpc_pb2 as pb
+from .fsutil import write_atomic
+
+log = logging.getLogger("etcdlite.alarm")
+
+NONE, NOSPACE, CORRUPT = pb.NONE, pb.NOSPACE, pb.CORRUPT
+
+
+def describe(member: pb.AlarmMember) -> str:
+    """Go's String() of an AlarmMember, as etcd puts it in StatusResponse.errors."""
+    out = f"memberID:{member.memberID} " if member.memberID else ""
+    return out + f"alarm:{pb.AlarmType.Name(member.alarm)} "
+
+
+class AlarmStore:
+    def __init__(self, path: Path | None = None, fsync: bool = True) -> None:
+        self._path = path
+        self._fsync = fsync
+        self._alarms: set[tuple[int, int]] = set()  # (alarm type, member id)
+
+    def load(self) -> None:
+        if self._path is None or not self._path.exists():
+            return
+        try:
+            pairs = json.loads(self._path.read_text())
+            self._alarms = {(int(alarm), int(member)) for alarm, member in pairs}
+        except (ValueError, TypeError) as exc:
+            log.warning("ignoring an unreadable alarms file", extra={"fields": {"path": str(self._path),
+                                                                                 "error": str(exc)}})
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        try:
+            write_atomic(self._path, json.dumps(sorted(self._alarms)).encode(), self._fsync)
+        except OSError as exc:  # the alarm still holds in memory
+            log.warning("cannot persist alarms", extra={"fields": {"path": str(self._path), "error": str(exc)}})
+
+    def get(self, alarm: int = NONE) -> list[pb.AlarmMember]:
+        return [pb.AlarmMember(memberID=m, alarm=a) for a, m in sorted(self._alarms) if alarm in (NONE, a)]
+
+    def active(self, alarm: int) -> bool:
+        return any(a == alarm for a, _ in self._alarms)
+
+    def activate(self, member_id: int, alarm: int) -> pb.AlarmMember | None:
+        """Raise an alarm (NONE raises nothing, as etcd 3.5); returns it, raised now or before."""
+        if alarm == NONE:
+            return None
+        if (alarm, member_id) not in self._alarms:
+            first = not self.active(alarm)
+            self._alarms.add((alarm, member_id))
+            self._save()
+            if first:
+                log.warning("alarm raised", extra={"fields": {"alarm": pb.AlarmType.Name(alarm),
+                                                              "from": f"{member_id:x}"}})
+        return pb.AlarmMember(memberID=member_id, alarm=alarm)
+
+    def deactivate(self, member_id: int, alarm: int) -> pb.AlarmMember | None:
+        if (alarm, member_id) not in self._alarms:
+            return None
+        self._alarms.discard((alarm, member_id))
+        self._save()
+        if not self.active(alarm):
+            log.warning("alarm disarmed", extra={"fields": {"alarm": pb.AlarmType.Name(alarm),
+                                                            "from": f"{member_id:x}"}})
+        return pb.AlarmMember(memberID=member_id, alarm=alarm)

@@ -1,0 +1,248 @@
+"""etcdserverpb.Watch: the bidi stream over a hub WatchStream (etcd's v3rpc/watch.go).
+
+The reader turns requests into creates, cancels and progress answers; the
+sender drains the stream's queue in order, adds prev_kv, fragments large
+responses and sends the periodic progress notifications.  A client that stops
+sending (half-close) keeps receiving, as in etcd; the stream's watchers are
+canceled when the RPC ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from .. import errors
+from ..auth import WATCH_PERMISSION_DENIED
+from ..kv import to_pb
+from ..mvcc import KeyValue, MVCCStore
+from ..node import Node
+from ..pb.etcdserverpb import rpc_pb2 as pb
+from ..pb.mvccpb import kv_pb2
+from ..watch import Watcher, WatchResponse, WatchSpec, WatchStream
+
+log = logging.getLogger("etcdlite.watch")
+
+MIN_PROGRESS_INTERVAL = 0.1  # etcd's minWatchProgressInterval
+_EVENTS_FIELD_TAG_BYTES = 1  # WatchResponse.events is field 11: a one-byte tag
+
+Send = Callable[[pb.WatchResponse], Awaitable[None]]
+
+
+def progress_interval(configured: float) -> float:
+    """etcd raises a positive interval below 100ms to 100ms; 0 keeps the 10 minute default."""
+    if configured <= 0:
+        return 600.0
+    if configured < MIN_PROGRESS_INTERVAL:
+        log.warning("adjusting watch progress notify interval to minimum period",
+                    extra={"fields": {"min-watch-progress-notify-interval": "100ms"}})
+        return MIN_PROGRESS_INTERVAL
+    return configured
+
+
+def spec_from_request(creq: pb.WatchCreateRequest, current_revision: int) -> WatchSpec:
+    """etcd's recvLoop normalisation: empty key is "\\0", "\\0" range_end is "from key"."""
+    key = creq.key or b"\x00"
+    end: bytes | None = creq.range_end or None
+    if end == b"\x00":
+        end = b""
+    filters = set(creq.filters)
+    return WatchSpec(
+        key=key, end=end,
+        start_revision=creq.start_revision or current_revision + 1,
+        watch_id=creq.watch_id,
+        no_put=pb.WatchCreateRequest.NOPUT in filters,
+        no_delete=pb.WatchCreateRequest.NODELETE in filters,
+        prev_kv=creq.prev_kv, fragment=creq.fragment, progress_notify=creq.progress_notify,
+    )
+
+
+def _is_create(kv: KeyValue) -> bool:
+    return not kv.is_tombstone and kv.create_revision == kv.mod_revision
+
+
+def prev_kv_of(store: MVCCStore, kv: KeyValue) -> KeyValue | None:
+    """The key before this event, as etcd reads it at mod_revision-1 (none once compacted away)."""
+    rev = kv.mod_revision - 1
+    if rev < store.compact_revision:
+        return None
+    return store.get(kv.key, rev)
+
+
+def _varint_size(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+async def send_fragments(wr: pb.WatchResponse, max_bytes: int, send: Send) -> None:
+    """etcd's sendFragments: split a response of 2+ events at ``max_bytes``; all but the last say fragment."""
+    if wr.ByteSize() < max_bytes or len(wr.events) < 2:
+        await send(wr)
+        return
+    events = list(wr.events)
+    template = pb.WatchResponse()
+    template.CopyFrom(wr)
+    del template.events[:]
+    template.fragment = True
+    base = template.ByteSize()
+    i = 0
+    while True:
+        cur = pb.WatchResponse()
+        cur.CopyFrom(template)
+        size = base
+        while i < len(events):
+            n = events[i].ByteSize()
+            size += _EVENTS_FIELD_TAG_BYTES + _varint_size(n) + n
+            if len(cur.events) >= 1 and size >= max_bytes:
+                break
+            cur.events.append(events[i])
+            i += 1
+        if i == len(events):
+            cur.fragment = False
+        await send(cur)
+        if not cur.fragment:
+            return
+
+
+class _WatchSession:
+    """One Watch RPC: its hub stream, reader and sender."""
+
+    def __init__(self, node: Node, stream: WatchStream, send: Send, interval: float, max_bytes: int,
+                 context: grpc.aio.ServicerContext | None = None) -> None:
+        self._node = node
+        self._context = context  # the RPC's credentials, for the permission check of each create
+        self._store = node.store
+        self._stream = stream
+        self._send = send
+        self._interval = interval
+        self._max_bytes = max_bytes
+        self._progress: dict[Watcher, bool] = {}  # progress_notify watchers: is a notification due?
+
+    # -- requests -------------------------------------------------------------------------
+    async def recv_loop(self, requests: AsyncIterator[pb.WatchRequest]) -> None:
+        stream = self._stream
+        async for req in requests:
+            await stream.wait_control_room()
+            if stream.closed:
+                return
+            which = req.WhichOneof("request_union")
+            if which == "create_request":
+                self._create(req.create_request)
+            elif which == "cancel_request":
+                w = stream.cancel(req.cancel_request.watch_id)
+                if w is not None:
+                    self._progress.pop(w, None)
+            elif which == "progress_request":
+                stream.progress_all()
+            # anything else is ignored, as etcd does
+
+    def _create(self, creq: pb.WatchCreateRequest) -> None:
+        if not self._node.auth.is_watch_permitted(self._context, creq):
+            # etcd 3.5's refusal: created and canceled, under the requested watch id, as a control response
+            self._stream.refuse(creq.watch_id, WATCH_PERMISSION_DENIED)
+            return
+        spec = spec_from_request(creq, self._stream.rev())
+        w = self._stream.create(spec)
+        if w is not None and spec.progress_notify:
+            self._progress[w] = True
+
+    # -- responses ------------------------------------------------------------------------
+    async def send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stream = self._stream
+        interval = self._tick_interval()
+        next_tick = loop.time() + interval
+        while True:
+            if loop.time() >= next_tick:
+                self._progress_tick()
+                next_tick = loop.time() + interval
+            resp = stream.pop()
+            if resp is None:
+                if stream.closed:
+                    return
+                try:
+                    async with asyncio.timeout(max(0.0, next_tick - loop.time())):
+                        await stream.wait_ready()
+                except TimeoutError:
+                    pass
+                continue
+            await self._deliver(resp)
+
+    def _tick_interval(self) -> float:
+        # etcd adds up to 10% jitter, once per stream, so streams opened together do not report together
+        return self._interval + random.uniform(0, self._interval / 10)
+
+    def _progress_tick(self) -> None:
+        for w, due in self._progress.items():
+            if due:
+                self._stream.request_progress(w.id)
+            self._progress[w] = True
+
+    async def _deliver(self, resp: WatchResponse) -> None:
+        wr = self._to_pb(resp)
+        w = resp.watcher
+        if resp.control or w is None:
+            await self._send(wr)
+            return
+        if w.spec.fragment:
+            await send_fragments(wr, self._max_bytes, self._send)
+        else:
+            await self._send(wr)
+        if resp.events and w in self._progress:
+            self._progress[w] = False  # an event response stands in for the next progress notification
+
+    def _to_pb(self, resp: WatchResponse) -> pb.WatchResponse:
+        node = self._node
+        wr = pb.WatchResponse(
+            watch_id=resp.watch_id, created=resp.created, canceled=resp.canceled or bool(resp.compact_revision),
+            cancel_reason=resp.cancel_reason, compact_revision=resp.compact_revision,
+        )
+        header = wr.header
+        header.cluster_id = node.cluster_id
+        header.member_id = node.member_id
+        header.raft_term = node.raft_term
+        header.revision = resp.revision
+        if resp.events:
+            with_prev = resp.watcher is not None and resp.watcher.spec.prev_kv
+            wr.events.extend([self._event(kv, with_prev) for kv in resp.events])
+        return wr
+
+    def _event(self, kv: KeyValue, with_prev: bool) -> kv_pb2.Event:
+        ev = kv_pb2.Event(type=kv_pb2.Event.DELETE if kv.is_tombstone else kv_pb2.Event.PUT, kv=to_pb(kv))
+        if with_prev and not _is_create(kv):
+            prev = prev_kv_of(self._store, kv)
+            if prev is not None:
+                ev.prev_kv.CopyFrom(to_pb(prev))
+        return ev
+
+
+class WatchService:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._hub = node.watches
+        self._interval = progress_interval(node.config.watch_progress_notify_interval)
+        # etcd fragments at the gRPC receive limit: max-request-bytes plus gRPC's overhead allowance
+        self._max_bytes = node.config.grpc_max_receive_bytes
+
+    async def watch(self, requests: AsyncIterator[pb.WatchRequest], context: grpc.aio.ServicerContext) -> None:
+        stream = self._hub.new_stream()
+        session = _WatchSession(self._node, stream, context.write, self._interval, self._max_bytes, context)
+        sender = asyncio.create_task(session.send_loop(), name="watch-send")
+        reader = asyncio.create_task(session.recv_loop(requests), name="watch-recv")
+        try:
+            await asyncio.wait((sender, reader), return_when=asyncio.FIRST_COMPLETED)
+            if reader.done() and not reader.cancelled() and reader.exception() is None:
+                await asyncio.wait((sender,))  # the client half-closed: keep sending until it goes away
+        finally:
+            stream.close()
+            for task in (reader, sender):
+                task.cancel()
+            results = await asyncio.gather(reader, sender, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("watch stream ended by an error: %r", result)
+        if self._hub.closed:
+            raise errors.STOPPED
