@@ -1,56 +1,99 @@
-"""Side-by-side benchmark: real etcd and etcdlite, both durable, driven by etcd's own `benchmark` tool.
+"""Side-by-side benchmark: real etcd and etcdlite, both fresh and durable (fsync on), same load.
 
-Prints one table (operation, etcd ops/s, etcdlite ops/s, ratio, p50/p99 of each);
-the last line names the worst ratio.  Ratios, not absolute numbers, are what
-mean something on a shared 2-core machine.
+The load comes from etcd's own ``benchmark`` tool (put, range, txn-put, lease-keepalive, watch,
+watch-latency) and, for what it has no sub-command for (lease grant/revoke, a mixed get/put load,
+bulk-loading keys, waiting for the first answer), from ``bench/loadgen`` -- a small Go program on
+the same etcd v3.4 client library, built the same way.  Prints one table (operation, etcd ops/s,
+etcdlite ops/s, ratio, p50/p99 of each) and names the worst ratio on its last line.
 
-    python bench/run.py [--quick] [--only put,range] [--out bench/results.md]
+Ratios, not absolute numbers, mean something on a shared 2-core machine: the servers run one at a
+time under identical load, and the load tool shares the cores with them.
+
+    python bench/run.py [--quick] [--only put,range,...] [--skip-keys] [--out bench/results.md]
+
+``--quick`` (~3 min): fewer requests, 100k keys for the RSS/start-up/data-dir rows instead of 1M.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import platform
 import re
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 BUILD_BENCHMARK = ROOT.parent / "shared" / "bin" / "build-etcd-benchmark"
+LOADGEN_SRC = ROOT / "bench" / "loadgen" / "main.go"
+LOADGEN_BIN = Path.home() / ".cache" / "etcdlite-bench" / "loadgen"
 
 
 @dataclass
 class Workload:
     name: str
-    args: list[str]  # benchmark sub-command and its flags
+    args: list[str]  # sub-command and its flags
     clients: int
     conns: int
-    prepare: list[str] | None = None  # a benchmark run to fill data first (e.g. the key a range reads)
+    prepare: list[str] | None = None  # a `benchmark` run to fill data first (e.g. the key a range reads)
+    tool: str = "benchmark"  # or "loadgen"
+    # (row label, index of the tool's summary to read: the watch tool prints the creation summary
+    # first; loadgen's lease prints grant then revoke)
+    rows: list[tuple[str, int]] = field(default_factory=list)
+    latency: bool = False  # rate-limited load: the ratio compares p50 latency, not ops/s
+
+    def __post_init__(self) -> None:
+        if not self.rows:
+            self.rows = [(self.name, -1)]
 
 
 def workloads(quick: bool) -> list[Workload]:
-    n = 2000 if quick else 10000
-    n1 = 500 if quick else 2000
+    n = 3000 if quick else 10000  # requests at 16+ clients
+    n1 = 600 if quick else 2000  # at 1 client
     kv = ["--key-size=8", "--val-size=256"]
     fill = ["put", "--total=1", "--key-size=3", "--val-size=256", "--key-space-size=1", "--sequential-keys"]
+    lin = ["range", "foo"]
+    ser = ["range", "foo", "--consistency=s"]
+    wl_total = 150 if quick else 500  # watch-latency puts, at 100/s
     out = [
         Workload("put", ["put", f"--total={n1}", *kv], 1, 1),
         Workload("put", ["put", f"--total={n}", *kv], 16, 4),
-        Workload("range (linearizable)", ["range", "foo", f"--total={n1}"], 1, 1, fill),
-        Workload("range (linearizable)", ["range", "foo", f"--total={n}"], 16, 4, fill),
-        Workload("range (serializable)", ["range", "foo", "--consistency=s", f"--total={n}"], 16, 4, fill),
-        Workload("range (serializable)", ["range", "foo", "--consistency=s", f"--total={n}"], 100, 4, fill),
-        Workload("txn-put", ["txn-put", f"--total={n1}", "--key-size=8", "--val-size=256"], 1, 1),
-        Workload("txn-put", ["txn-put", f"--total={n}", "--key-size=8", "--val-size=256"], 16, 4),
+        Workload("range (linearizable)", [*lin, f"--total={n1}"], 1, 1, fill),
+        Workload("range (linearizable)", [*lin, f"--total={n}"], 16, 4, fill),
+        Workload("range (linearizable)", [*lin, f"--total={2 * n}"], 100, 4, fill),
+        Workload("range (serializable)", [*ser, f"--total={n1}"], 1, 1, fill),
+        Workload("range (serializable)", [*ser, f"--total={n}"], 16, 4, fill),
+        Workload("range (serializable)", [*ser, f"--total={2 * n}"], 100, 4, fill),
+        Workload("txn-put", ["txn-put", f"--total={n1}", *kv], 1, 1),
+        Workload("txn-put", ["txn-put", f"--total={n}", *kv], 16, 4),
         Workload("lease-keepalive", ["lease-keepalive", f"--total={n1}"], 1, 1),
         Workload("lease-keepalive", ["lease-keepalive", f"--total={n}"], 16, 4),
+        Workload("lease", ["lease", f"--total={n1 // 2}"], 1, 1, tool="loadgen",
+                 rows=[("lease-grant", 0), ("lease-revoke", 1)]),
+        Workload("lease", ["lease", f"--total={n // 2}"], 16, 4, tool="loadgen",
+                 rows=[("lease-grant", 0), ("lease-revoke", 1)]),
+        Workload("mixed 80% get / 20% put", ["mixed", f"--total={n1}", "--keys=1000"], 1, 1, tool="loadgen"),
+        Workload("mixed 80% get / 20% put", ["mixed", f"--total={n}", "--keys=1000"], 16, 4, tool="loadgen"),
+        # events received per second; N streams x 10 watchers on one key, each put is an event for all
+        Workload("watch (events)", ["watch", "--streams=1", "--watch-per-stream=1", f"--put-total={n1}"], 1, 1,
+                 rows=[("watch (events)", 1)]),
+        Workload("watch (events)", ["watch", "--streams=16", "--watch-per-stream=10",
+                                    f"--put-total={n // 40}"], 16, 4, rows=[("watch (events)", 1)]),
+        Workload("watch (events)", ["watch", "--streams=100", "--watch-per-stream=10",
+                                    f"--put-total={n // 100}"], 100, 4, rows=[("watch (events)", 1)]),
+        # put -> event latency, 100 puts/s, one watcher per client
+        *(Workload("watch-latency", ["watch-latency", f"--total={wl_total}", "--put-rate=100", *kv], c, k,
+                   latency=True) for c, k in ((1, 1), (16, 4), (100, 4))),
     ]
     return out
 
@@ -61,14 +104,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def loadgen_binary() -> str:
+    """Build bench/loadgen (GOPATH mode on Debian's Go packages, like the benchmark tool) when stale."""
+    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return str(LOADGEN_BIN)
+    subprocess.run([str(BUILD_BENCHMARK)], capture_output=True, check=True)  # installs Go and etcd's sources
+    LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as gopath:
+        pkg = Path(gopath) / "src" / "etcdlite-loadgen"
+        pkg.mkdir(parents=True)
+        shutil.copy(LOADGEN_SRC, pkg / "main.go")
+        env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{gopath}:/usr/share/gocode", "GOFLAGS": ""}
+        subprocess.run(["go", "build", "-o", str(LOADGEN_BIN), "."], cwd=pkg, env=env, check=True)
+    return str(LOADGEN_BIN)
+
+
 class Server:
-    def __init__(self, kind: str, workdir: Path) -> None:
+    def __init__(self, kind: str, workdir: Path, tag: str = "") -> None:
         self.kind = kind
         self.port = free_port()
-        self.data = workdir / f"{kind}.data"
-        self.log = workdir / f"{kind}.log"
+        self.data = workdir / f"{kind}{tag}.data"
+        self.log = workdir / f"{kind}{tag}.log"
         self.proc: subprocess.Popen | None = None
         self.startup_seconds = 0.0
+        self.peer = f"http://127.0.0.1:{free_port()}"
 
     def command(self) -> list[str]:
         url = f"http://127.0.0.1:{self.port}"
@@ -76,26 +135,34 @@ class Server:
                   "--advertise-client-urls", url]
         if self.kind == "etcdlite":
             return [str(VENV_BIN / "etcdlite"), *common]
-        peer = f"http://127.0.0.1:{free_port()}"
+        peer = self.peer
         return [str(VENV_BIN / "etcd"), *common, "--listen-peer-urls", peer,
                 "--initial-advertise-peer-urls", peer, "--initial-cluster", f"default={peer}"]
 
-    def start(self) -> None:
+    def start(self, loadgen: str | None = None) -> None:
+        """Start and wait for the first answered request; ``startup_seconds`` is that wait."""
         t0 = time.monotonic()
-        with open(self.log, "wb") as log:
+        with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        if loadgen is not None:
+            # one Go process that retries a Get every 5 ms: no per-attempt process start-up
+            r = subprocess.run([loadgen, f"--endpoints=127.0.0.1:{self.port}", "ready", "--timeout=120s"],
+                               capture_output=True, text=True)
+            if r.returncode != 0 or self.proc.poll() is not None:
+                raise SystemExit(f"{self.kind} not ready: {r.stderr}\n{self.log.read_text()[-3000:]}")
+            self.startup_seconds = time.monotonic() - t0
+            return
         etcdctl = VENV_BIN / "etcdctl"
         while True:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{self.kind} exited:\n{self.log.read_text()}")
-            if time.monotonic() - t0 > 30:
+            if time.monotonic() - t0 > 120:
                 raise SystemExit(f"{self.kind} not ready:\n{self.log.read_text()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
             except OSError:
                 time.sleep(0.005)
                 continue
-            # listening; the first request that is answered ends the start-up
             r = subprocess.run([str(etcdctl), f"--endpoints=127.0.0.1:{self.port}", "--dial-timeout=2s",
                                 "--command-timeout=2s", "get", "x"], capture_output=True)
             if r.returncode == 0:
@@ -109,13 +176,22 @@ class Server:
                 return int(line.split()[1]) / 1024
         return 0.0
 
+    def disk_mib(self) -> float:
+        """Bytes the data dir occupies on disk (allocated blocks, as du counts them)."""
+        total = 0
+        for path in self.data.rglob("*"):
+            if path.is_file():
+                total += path.stat().st_blocks * 512
+        return total / 2**20
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
 
 
 @dataclass
@@ -125,70 +201,180 @@ class Result:
     p99: float
 
 
-def run_benchmark(binary: str, server: Server, w: Workload, args: list[str] | None = None) -> Result:
+_NUM = r"([\d.]+(?:e[-+]?\d+)?)"
+
+
+def parse_summaries(out: str) -> list[Result]:
+    """Every report the tool printed ("Summary:" ... "Requests/sec" ... latency distribution), in order."""
+    results = []
+    for chunk in re.split(r"\n\s*Summary:\s*\n", out)[1:]:
+        rps = re.search(r"Requests/sec:\s+" + _NUM, chunk)
+        p50 = re.search(r"50% in " + _NUM, chunk)
+        p99 = re.search(r"99% in " + _NUM, chunk)
+        if rps:
+            results.append(Result(float(rps.group(1)), float(p50.group(1)) if p50 else 0.0,
+                                  float(p99.group(1)) if p99 else 0.0))
+    return results
+
+
+def run_tool(binary: str, server: Server, w: Workload, args: list[str] | None = None,
+             timeout: float = 900) -> list[Result]:
+    extra = ["--precise"] if w.tool == "benchmark" else []
     cmd = [binary, f"--endpoints=127.0.0.1:{server.port}", f"--clients={w.clients}", f"--conns={w.conns}",
-           *(args or w.args)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50 = re.search(r"50% in ([\d.]+)", out)
-    p99 = re.search(r"99% in ([\d.]+)", out)
-    if not rps:
-        raise SystemExit(f"benchmark failed on {server.kind} for {w.name}:\n{out}")
-    return Result(float(rps.group(1)), float(p50.group(1)) if p50 else 0.0, float(p99.group(1)) if p99 else 0.0)
+           *extra, *(args or w.args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    results = parse_summaries("\n" + proc.stdout)
+    errors = re.search(r"Error distribution:(.*)", proc.stdout, re.S)
+    if proc.returncode != 0 or not results or errors:
+        raise SystemExit(f"{Path(binary).name} failed on {server.kind} for {w.name}: {cmd}\n"
+                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return results
+
+
+def run_benchmark(binary: str, server: Server, w: Workload, args: list[str] | None = None) -> Result:
+    """The last report of one run (bench/durability.py's entry point)."""
+    return run_tool(binary, server, w, args)[-1]
+
+
+Row = tuple  # (name, etcd value, etcdlite value, "higher" | "lower" | "latency")
+
+
+def measure_startup(kind: str, workdir: Path, loadgen: str, rounds: int) -> float:
+    """Median time from exec to the first answered request, on an empty data dir."""
+    times = []
+    for i in range(rounds):
+        s = Server(kind, workdir, f"-start{i}")
+        try:
+            s.start(loadgen)
+            times.append(s.startup_seconds)
+        finally:
+            s.stop()
+        shutil.rmtree(s.data, ignore_errors=True)
+    return statistics.median(times)
+
+
+def keys_rows(loadgen: str, workdir: Path, nkeys: int) -> list[Row]:
+    """Bulk-load ``nkeys`` (8-byte keys, 256-byte values, 128 puts a txn, 16 clients) into fresh servers;
+    RSS after the load, data-dir size, restart time and RSS after the restart."""
+    label = f"{nkeys // 1000}k" if nkeys < 1_000_000 else f"{nkeys // 1_000_000}M"
+    res: dict[str, dict[str, float | Result]] = {}
+    for kind in ("etcd", "etcdlite"):
+        s = Server(kind, workdir, "-keys")
+        out: dict[str, float | Result] = {}
+        try:
+            s.start(loadgen)
+            w = Workload("load", ["load", f"--keys={nkeys}", "--batch=128"], 16, 4, tool="loadgen")
+            t0 = time.monotonic()
+            r = run_tool(loadgen, s, w, timeout=1800)[-1]
+            elapsed = time.monotonic() - t0
+            out["load"] = Result(nkeys / elapsed, r.p50, r.p99)
+            time.sleep(1)
+            out["rss_loaded"] = s.rss_mib()
+            s.stop()
+            out["disk"] = s.disk_mib()
+            s.start(loadgen)
+            out["startup"] = s.startup_seconds
+            time.sleep(1)
+            out["rss_restarted"] = s.rss_mib()
+        finally:
+            s.stop()
+            shutil.rmtree(s.data, ignore_errors=True)
+        res[kind] = out
+        print(f"  {kind} with {label} keys: " + ", ".join(
+            f"{k} {v.rps:.0f}/s" if isinstance(v, Result) else f"{k} {v:.2f}" for k, v in out.items()),
+            file=sys.stderr)
+    e, l = res["etcd"], res["etcdlite"]
+    return [
+        (f"bulk load {label} keys (keys/s, 128 puts a txn, 16c/4conn)", e["load"], l["load"], "higher"),
+        (f"RSS with {label} keys, after the load (MiB)", e["rss_loaded"], l["rss_loaded"], "lower"),
+        (f"RSS with {label} keys, after a restart (MiB)", e["rss_restarted"], l["rss_restarted"], "lower"),
+        (f"start-up to first request, {label} keys on disk (s)", e["startup"], l["startup"], "lower"),
+        (f"data-dir size with {label} keys (MiB)", e["disk"], l["disk"], "lower"),
+    ]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="")
+    ap.add_argument("--quick", action="store_true", help="~3 min: fewer requests, 100k keys")
+    ap.add_argument("--only", default="", help="comma-separated workload name prefixes (e.g. put,range)")
+    ap.add_argument("--skip-keys", action="store_true", help="leave out the bulk-load/RSS/restart rows")
+    ap.add_argument("--keys", type=int, default=0, help="keys for the bulk-load rows (default 1M, 100k quick)")
     ap.add_argument("--out", default="")
     opts = ap.parse_args()
+    started = time.monotonic()
     binary = subprocess.run([str(BUILD_BENCHMARK)], capture_output=True, text=True, check=True).stdout.strip()
-    chosen = [w for w in workloads(opts.quick) if not opts.only or w.name.split()[0] in opts.only.split(",")]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        servers = {kind: Server(kind, Path(tmp)) for kind in ("etcd", "etcdlite")}
+    loadgen = loadgen_binary()
+    tools = {"benchmark": binary, "loadgen": loadgen}
+    only = [p for p in opts.only.split(",") if p]
+    chosen = [w for w in workloads(opts.quick) if not only or any(w.name.startswith(p) for p in only)]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMPDIR")) as tmp:
+        work = Path(tmp)
+        rounds = 3 if opts.quick else 5
+        rows.append(("start-up to first request, empty (s)", measure_startup("etcd", work, loadgen, rounds),
+                     measure_startup("etcdlite", work, loadgen, rounds), "lower"))
+        servers = {kind: Server(kind, work) for kind in ("etcd", "etcdlite")}
         try:
             for s in servers.values():
-                s.start()
-            rows.append(("start-up to first request (s)", servers["etcd"].startup_seconds,
-                         servers["etcdlite"].startup_seconds, "lower"))
+                s.start(loadgen)
+            time.sleep(1)
             rows.append(("RSS idle (MiB)", servers["etcd"].rss_mib(), servers["etcdlite"].rss_mib(), "lower"))
             for w in chosen:
-                res = {}
+                res: dict[str, list[Result]] = {}
                 for kind, s in servers.items():
                     if w.prepare:
-                        run_benchmark(binary, s, Workload("prep", w.prepare, 1, 1))
-                    res[kind] = run_benchmark(binary, s, w)
-                rows.append((f"{w.name} {w.clients}c/{w.conns}conn", res["etcd"], res["etcdlite"], "higher"))
-                print(f"  {rows[-1][0]}: etcd {res['etcd'].rps:.0f}/s, etcdlite {res['etcdlite'].rps:.0f}/s",
-                      file=sys.stderr)
+                        run_tool(binary, s, Workload("prep", w.prepare, 1, 1))
+                    res[kind] = run_tool(tools[w.tool], s, w)
+                for label, index in w.rows:
+                    a, b = res["etcd"][index], res["etcdlite"][index]
+                    rows.append((f"{label} {w.clients}c/{w.conns}conn", a, b, "latency" if w.latency else "higher"))
+                    print(f"  {rows[-1][0]}: etcd {a.rps:.0f}/s p50 {a.p50 * 1000:.2f} ms, "
+                          f"etcdlite {b.rps:.0f}/s p50 {b.p50 * 1000:.2f} ms", file=sys.stderr)
         finally:
             for s in servers.values():
                 s.stop()
+        if not opts.skip_keys:
+            rows.extend(keys_rows(loadgen, work, opts.keys or (100_000 if opts.quick else 1_000_000)))
     table = render(rows)
+    elapsed = time.monotonic() - started
+    head = (f"# bench/run.py{' --quick' if opts.quick else ''} — {datetime.date.today().isoformat()}\n\n"
+            f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
+            f"etcd {etcd_version()}, both servers durable (fsync on), run took {elapsed / 60:.1f} min.\n"
+            "ops/s rows: ratio = etcdlite/etcd ops/s; latency rows (watch-latency, 100 puts/s): ratio = etcd p50 / "
+            "etcdlite p50; size, RSS and time rows: ratio = etcd/etcdlite. >1: etcdlite better.\n")
     print(table)
+    print(f"({elapsed / 60:.1f} min)", file=sys.stderr)
     if opts.out:
-        Path(opts.out).write_text(table + "\n")
+        Path(opts.out).write_text(head + "\n" + table + "\n")
 
 
-def render(rows) -> str:
+def etcd_version() -> str:
+    r = subprocess.run([str(VENV_BIN / "etcd"), "--version"], capture_output=True, text=True)
+    m = re.search(r"etcd Version: (\S+)", r.stdout)
+    return m.group(1) if m else "?"
+
+
+def render(rows: list[Row]) -> str:
     lines = ["| operation | etcd | etcdlite | ratio | etcd p50/p99 ms | etcdlite p50/p99 ms |",
              "|---|---:|---:|---:|---:|---:|"]
     worst = None
     for name, a, b, better in rows:
         if isinstance(a, Result):
-            ratio = b.rps / a.rps if a.rps else 0.0
+            if better == "latency":
+                ratio = a.p50 / b.p50 if b.p50 else 0.0
+            else:
+                ratio = b.rps / a.rps if a.rps else 0.0
+            lat = name.startswith("watch (events)")  # the watch tool's latencies are not meaningful
             lines.append(f"| {name} | {a.rps:.0f}/s | {b.rps:.0f}/s | {ratio:.2f} | "
-                         f"{a.p50 * 1000:.2f}/{a.p99 * 1000:.2f} | {b.p50 * 1000:.2f}/{b.p99 * 1000:.2f} |")
+                         + ("– | – |" if lat else
+                            f"{a.p50 * 1000:.2f}/{a.p99 * 1000:.2f} | {b.p50 * 1000:.2f}/{b.p99 * 1000:.2f} |"))
         else:
             ratio = (a / b if b else 0.0) if better == "lower" else (b / a if a else 0.0)
             lines.append(f"| {name} | {a:.2f} | {b:.2f} | {ratio:.2f} | | |")
         if worst is None or ratio < worst[1]:
             worst = (name, ratio)
     lines.append("")
-    lines.append(f"ratio = etcdlite/etcd (>1 is etcdlite better). worst ratio: {worst[1]:.2f} ({worst[0]})"
-                 if worst else "no rows")
+    lines.append(f"worst ratio: {worst[1]:.2f} ({worst[0]})" if worst else "no rows")
     return "\n".join(lines)
 
 

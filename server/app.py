@@ -17,7 +17,7 @@ from .api.lock import LockService
 from .api.maintenance import MaintenanceService
 from .api.watch import WatchService
 from .config import Config, ConfigError
-from .etcdhttp import HttpListeners
+from .etcdhttp import HttpListeners, os_error_text
 from .front import ClientPortMux, internal_grpc_address
 from .gateway import Gateway
 from .metrics import ServerMetrics
@@ -115,7 +115,7 @@ class EtcdServer:
                 try:
                     self.ports.append(await self._mux.listen(host.strip("[]"), int(port_text)))
                 except OSError as exc:
-                    raise ConfigError(f"listen tcp {address}: bind: {(exc.strerror or str(exc)).lower()}") from None
+                    raise ConfigError(f"listen tcp {address}: bind: {os_error_text(exc)}") from None
                 continue
             try:
                 if tls:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import posixpath
 import ssl
 from collections.abc import Callable
@@ -225,6 +226,11 @@ def _redirect(request: Request, location: str) -> Response:
     return Response(301, b"", [("Location", location)])
 
 
+def os_error_text(exc: OSError) -> str:
+    """An OSError as Go words a syscall error: "address already in use"."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
 def _host_port(url: str, flag: str) -> tuple[str, int, bool]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or parts.port is None:
@@ -278,7 +284,7 @@ class HttpListeners:
                 try:
                     bound = await server.listen(host, port, ssl_context=context)
                 except OSError as exc:
-                    raise ConfigError(f"listen tcp {host}:{port}: bind: {(exc.strerror or str(exc)).lower()}") from None
+                    raise ConfigError(f"listen tcp {host}:{port}: bind: {os_error_text(exc)}") from None
                 self.addresses.append((flag, bound))
                 log.info("serving HTTP", extra={"fields": {"flag": flag, "address": f"{host}:{bound}"}})
 

@@ -424,6 +424,10 @@ class Gateway:
         except GatewayAbort as exc:
             await out.put(exc)
             return
+        except Exception as exc:  # noqa: BLE001 - the guard turns errors into statuses; this is a bug
+            log.exception("gateway: a streaming call failed outside its guard")
+            await out.put(GatewayAbort(grpc.StatusCode.UNKNOWN, f"etcdlite: internal error: {exc}"))
+            return
         await out.put(_END)
 
     @staticmethod

@@ -17,18 +17,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from crc32c import crc32c
 from sortedcontainers import SortedList
 
 from . import errors
+from .pb.mvccpb import kv_pb2
 
 
 class KeyValue:
     """One version of a key.  ``version == 0`` marks a tombstone (a delete)."""
 
-    __slots__ = ("key", "value", "create_revision", "mod_revision", "version", "lease")
+    __slots__ = ("key", "value", "create_revision", "mod_revision", "version", "lease", "sub")
 
     def __init__(
-        self, key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int
+        self, key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int,
+        sub: int = 0,
     ) -> None:
         self.key = key
         self.value = value
@@ -36,6 +39,7 @@ class KeyValue:
         self.mod_revision = mod_revision
         self.version = version
         self.lease = lease
+        self.sub = sub  # position within its revision's txn (etcd's sub-revision)
 
     @property
     def is_tombstone(self) -> bool:
@@ -51,8 +55,8 @@ class KeyValue:
         return isinstance(other, KeyValue) and all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
 
 
-def tombstone(key: bytes, revision: int) -> KeyValue:
-    return KeyValue(key, b"", 0, revision, 0, 0)
+def tombstone(key: bytes, revision: int, sub: int = 0) -> KeyValue:
+    return KeyValue(key, b"", 0, revision, 0, 0, sub)
 
 
 @dataclass(slots=True)
@@ -351,11 +355,63 @@ class MVCCStore:
         for key in self._keys:
             yield from self._history[key]
 
+    @property
+    def compact_main_revision(self) -> int:
+        """etcd's compactMainRev: -1 until the first compaction."""
+        return self.compact_revision if self._compacted else -1
+
+    def hash_kv(self, rev: int) -> tuple[int, int]:
+        """etcd's HashByRev: (crc32c over the key bucket up to ``rev``, current revision).
+
+        etcdlite keeps the same versions etcd's bbolt key bucket does, keyed and
+        encoded the same way (main/sub revision, marshalled mvccpb.KeyValue), so
+        the hash equals a real etcd's after the same operations.
+        """
+        compact, current = self.compact_main_revision, self.current_revision
+        if 0 < rev <= compact:
+            raise errors.COMPACTED
+        if rev > current:
+            raise errors.FUTURE_REV
+        if rev == 0:
+            rev = current
+        below: list[KeyValue] = []  # versions at or below the compaction: counted only if etcd would keep them
+        counted: list[KeyValue] = []
+        keep: set[int] = set()
+        for versions in self._history.values():
+            latest = None
+            for kv in versions:
+                if kv.mod_revision > rev:
+                    break
+                latest = kv
+                (below if kv.mod_revision <= compact else counted).append(kv)
+            if latest is not None and latest.version != 0:
+                keep.add(id(latest))
+        if keep:
+            below = [kv for kv in below if id(kv) in keep]
+        h = crc32c(b"key")
+        for kv in sorted(below + counted, key=lambda kv: (kv.mod_revision, kv.sub)):
+            h = crc32c(_revision_key(kv), h)
+            h = crc32c(_marshal(kv), h)
+        return h, current
+
     def all_live(self) -> Iterator[KeyValue]:
         for key in self._keys:
             kv = self._at(self._history[key], self.current_revision)
             if kv is not None:
                 yield kv
+
+
+def _revision_key(kv: KeyValue) -> bytes:
+    """etcd's key bucket key: main and sub revision big-endian, a "t" marking a tombstone."""
+    mark = b"t" if kv.version == 0 else b""
+    return kv.mod_revision.to_bytes(8, "big") + b"_" + kv.sub.to_bytes(8, "big") + mark
+
+
+def _marshal(kv: KeyValue) -> bytes:
+    if kv.version == 0:
+        return kv_pb2.KeyValue(key=kv.key).SerializeToString()
+    return kv_pb2.KeyValue(key=kv.key, create_revision=kv.create_revision, mod_revision=kv.mod_revision,
+                           version=kv.version, value=kv.value, lease=kv.lease).SerializeToString()
 
 
 class WriteTxn:
@@ -390,9 +446,10 @@ class WriteTxn:
         store = self._store
         prev = store.get(key, self.revision)
         if prev is None:
-            kv = KeyValue(key, value, self.revision, self.revision, 1, lease)
+            kv = KeyValue(key, value, self.revision, self.revision, 1, lease, len(self.changes))
         else:
-            kv = KeyValue(key, value, prev.create_revision, self.revision, prev.version + 1, lease)
+            kv = KeyValue(key, value, prev.create_revision, self.revision, prev.version + 1, lease,
+                          len(self.changes))
         store._apply(kv)
         self.changes.append(kv)
         leases = store.leases
@@ -412,7 +469,7 @@ class WriteTxn:
 
     def _delete(self, prev: KeyValue) -> None:
         store = self._store
-        dead = tombstone(prev.key, self.revision)
+        dead = tombstone(prev.key, self.revision, len(self.changes))
         store._apply(dead)
         self.changes.append(dead)
         if prev.lease and store.leases is not None:

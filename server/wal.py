@@ -68,14 +68,14 @@ SNAPSHOT_ALIGN = 512  # bbolt's page multiple: what `etcdctl snapshot save` expe
 SHA256_SIZE = 32
 
 _ENTRY = struct.Struct("<qqIII")
-_KV = struct.Struct("<IIqqqq")
+_KV = struct.Struct("<IIqqqqI")  # key len, value len, create, mod, version, lease, sub
 _LEASE = struct.Struct("<qq")
 _ID = struct.Struct("<q")
 _REC = struct.Struct("<II")
 _REC_BODY = struct.Struct("<QB")
-_SEG_MAGIC = b"ELWAL\x00\x00\x01"
+_SEG_MAGIC = b"ELWAL\x00\x00\x02"
 _SEG_HEAD = struct.Struct("<8sQI")
-_SNAP_MAGIC = b"etcdlite-snap\x00\x00\x01"
+_SNAP_MAGIC = b"etcdlite-snap\x00\x00\x02"
 _SNAP_HEAD = struct.Struct("<16sQQqqII")
 _GROUP = struct.Struct("<qI")
 _CRC = struct.Struct("<I")
@@ -96,7 +96,8 @@ def storage_failure(exc: OSError) -> errors.EtcdError:
 
 # -- encoding ------------------------------------------------------------------------------------
 def _pack_kv(parts: list[bytes], kv: KeyValue) -> None:
-    parts.append(_KV.pack(len(kv.key), len(kv.value), kv.create_revision, kv.mod_revision, kv.version, kv.lease))
+    parts.append(_KV.pack(len(kv.key), len(kv.value), kv.create_revision, kv.mod_revision, kv.version, kv.lease,
+                          kv.sub))
     parts.append(kv.key)
     parts.append(kv.value)
 
@@ -106,13 +107,13 @@ def _unpack_kvs(buf: bytes, off: int, n: int) -> tuple[list[KeyValue], int]:
     unpack = _KV.unpack_from
     size = _KV.size
     for _ in range(n):
-        klen, vlen, create, mod, version, lease = unpack(buf, off)
+        klen, vlen, create, mod, version, lease, sub = unpack(buf, off)
         off += size
         key = buf[off:off + klen]
         off += klen
         value = buf[off:off + vlen]
         off += vlen
-        out.append(KeyValue(key, value, create, mod, version, lease))
+        out.append(KeyValue(key, value, create, mod, version, lease, sub))
     if off > len(buf):
         raise ValueError("versions run past the end of the record")
     return out, off

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 
 import grpc
+from crc32c import crc32c
 
 from .. import __version__, errors
+from ..version import CLUSTER_VERSION
 from ..version import SERVER_VERSION as ETCD_VERSION
 from ..alarm import describe
 from ..node import Node
@@ -101,7 +104,65 @@ class MaintenanceService:
         await context.write(pb.SnapshotResponse(remaining_bytes=0, blob=digest.digest()))
         log.info("sent database snapshot to client", extra={"fields": {"total-bytes": total}})
 
+    async def hash(self, request: pb.HashRequest, context: grpc.aio.ServicerContext) -> pb.HashResponse:
+        """etcd hashes its whole bbolt file; etcdlite hashes what it stores: every version and lease."""
+        self._node.auth.check_maintenance_admin(context)
+        store = self._node.store
+        kv_hash, current = store.hash_kv(0) if store.compact_main_revision < store.current_revision \
+            else (0, store.current_revision)
+        leases = b"".join(le.id.to_bytes(8, "big") + le.ttl.to_bytes(8, "big")
+                          for le in sorted(self._node.lessor.leases(), key=lambda le: le.id))
+        resp = pb.HashResponse(hash=crc32c(leases, kv_hash))
+        resp.header.revision = current
+        self._node.fill_header(resp.header)
+        return resp
+
+    async def hash_k_v(self, request: pb.HashKVRequest, context: grpc.aio.ServicerContext) -> pb.HashKVResponse:
+        self._node.auth.check_maintenance_admin(context)
+        store = self._node.store
+        h, current = store.hash_kv(request.revision)
+        resp = pb.HashKVResponse(hash=h, compact_revision=store.compact_main_revision)
+        resp.header.revision = current
+        self._node.fill_header(resp.header)
+        return resp
+
+    async def move_leader(self, request: pb.MoveLeaderRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.MoveLeaderResponse:
+        self._node.auth.check_admin(context)
+        node = self._node
+        target = next((m for m in node.membership.members() if m.id == request.targetID), None)
+        if target is None or target.is_learner:
+            raise errors.BAD_LEADER_TRANSFEREE
+        if target.id != node.member_id:
+            raise errors.TIMEOUT  # an added member never starts, so it never catches up to take over
+        return pb.MoveLeaderResponse()  # etcd answers without a header
+
+    async def downgrade(self, request: pb.DowngradeRequest, context: grpc.aio.ServicerContext
+                        ) -> pb.DowngradeResponse:
+        self._node.auth.check_admin(context)
+        if request.action != pb.DowngradeRequest.VALIDATE:
+            # what a one-member etcd 3.5 answers to ENABLE and CANCEL (it never completes them)
+            raise errors.TIMEOUT
+        _check_downgrade_target(request.version)
+        resp = pb.DowngradeResponse(version=CLUSTER_VERSION)
+        self._node.fill_header(resp.header)
+        return resp
+
     def _wal(self) -> WAL:
         if self._node.wal is None:
             raise errors.STOPPED
         return self._node.wal
+
+
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+
+
+def _check_downgrade_target(version: str) -> None:
+    """etcd's downgrade validation: a semver one minor release below the cluster's."""
+    m = _SEMVER.match(version)
+    if m is None:
+        raise errors.EtcdError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "etcdserver: wrong downgrade target version format")
+    major, minor = (int(x) for x in CLUSTER_VERSION.split(".")[:2])
+    if (int(m.group(1)), int(m.group(2))) != (major, minor - 1):
+        raise errors.EtcdError(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: invalid downgrade target version")
