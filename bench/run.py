@@ -85,11 +85,11 @@ def workloads(quick: bool) -> list[Workload]:
         Workload("mixed 80% get / 20% put", ["mixed", f"--total={n1}", "--keys=1000"], 1, 1, tool="loadgen"),
         Workload("mixed 80% get / 20% put", ["mixed", f"--total={n}", "--keys=1000"], 16, 4, tool="loadgen"),
         # events received per second; N streams x 10 watchers on one key, each put is an event for all
-        Workload("watch (events)", ["watch", "--streams=1", "--watch-per-stream=1", f"--put-total={n1}"], 1, 1,
+        Workload("watch (events)", ["watch", "--put-rate=1000000", "--streams=1", "--watch-per-stream=1", f"--put-total={n1}"], 1, 1,
                  rows=[("watch (events)", 1)]),
-        Workload("watch (events)", ["watch", "--streams=16", "--watch-per-stream=10",
+        Workload("watch (events)", ["watch", "--put-rate=1000000", "--streams=16", "--watch-per-stream=10",
                                     f"--put-total={n // 40}"], 16, 4, rows=[("watch (events)", 1)]),
-        Workload("watch (events)", ["watch", "--streams=100", "--watch-per-stream=10",
+        Workload("watch (events)", ["watch", "--put-rate=1000000", "--streams=100", "--watch-per-stream=10",
                                     f"--put-total={n // 100}"], 100, 4, rows=[("watch (events)", 1)]),
         # put -> event latency, 100 puts/s, one watcher per client
         *(Workload("watch-latency", ["watch-latency", f"--total={wl_total}", "--put-rate=100", *kv], c, k,
@@ -176,6 +176,12 @@ class Server:
                 return int(line.split()[1]) / 1024
         return 0.0
 
+    def cpu_seconds(self) -> float:
+        """user + system CPU time the server process (all its threads) has used."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def disk_mib(self) -> float:
         """Bytes the data dir occupies on disk (allocated blocks, as du counts them)."""
         total = 0
@@ -199,6 +205,7 @@ class Result:
     rps: float
     p50: float
     p99: float
+    cpu_us: float = 0.0  # server CPU time per request (robust to other load on the machine)
 
 
 _NUM = r"([\d.]+(?:e[-+]?\d+)?)"
@@ -222,8 +229,14 @@ def run_tool(binary: str, server: Server, w: Workload, args: list[str] | None = 
     extra = ["--precise"] if w.tool == "benchmark" else []
     cmd = [binary, f"--endpoints=127.0.0.1:{server.port}", f"--clients={w.clients}", f"--conns={w.conns}",
            *extra, *(args or w.args)]
+    cpu0 = server.cpu_seconds()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    cpu = server.cpu_seconds() - cpu0
     results = parse_summaries("\n" + proc.stdout)
+    totals = re.findall(r"Total:\s+" + _NUM, proc.stdout)
+    ops = sum(r.rps * float(t) for r, t in zip(results, totals)) if len(totals) == len(results) else 0
+    for r in results:  # the whole run's server CPU over every request it reported
+        r.cpu_us = cpu / ops * 1e6 if ops else 0.0
     errors = re.search(r"Error distribution:(.*)", proc.stdout, re.S)
     if proc.returncode != 0 or not results or errors:
         raise SystemExit(f"{Path(binary).name} failed on {server.kind} for {w.name}: {cmd}\n"

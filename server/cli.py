@@ -12,6 +12,7 @@ import time
 
 from . import __version__
 from .config import Config, ConfigError, from_args
+from .loop import event_loop_factory
 
 API_VERSION = "3.5"
 
@@ -29,16 +30,24 @@ class ZapLikeFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+class ZapConsoleFormatter(ZapLikeFormatter):
+    """zap's console encoding as etcd configures it: ts, level, caller, msg and the fields as JSON, tab-separated."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = json.loads(super().format(record))
+        head = [entry.pop("ts"), entry.pop("level"), entry.pop("caller"), entry.pop("msg")]
+        return "\t".join(head + ([json.dumps(entry)] if entry else []))
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+
+
 def _setup_logging(cfg: Config) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if cfg.log_format == "console":
-        handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s\t%(name)s\t%(message)s"))
-    else:
-        handler.setFormatter(ZapLikeFormatter())
+    handler.setFormatter(ZapConsoleFormatter() if cfg.log_format == "console" else ZapLikeFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel({"debug": logging.DEBUG, "warn": logging.WARNING, "error": logging.ERROR}.get(
-        cfg.log_level, logging.INFO))
+    root.setLevel(_LEVELS.get(cfg.log_level, logging.CRITICAL))  # dpanic, panic, fatal: only the worst
 
 
 async def _serve(cfg: Config) -> None:
@@ -101,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     from .wal import StorageError
 
     try:
-        asyncio.run(_serve(cfg))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(_serve(cfg))
     except (ConfigError, StorageError) as exc:
         logging.getLogger("etcdlite").error(str(exc))
         print(f"etcdlite: {exc}", file=sys.stderr)

@@ -227,7 +227,7 @@ FLAG_HELP: dict[str, str] = {
     "auto-compaction-mode": "'periodic' or 'revision': how --auto-compaction-retention is read",
     "auto-compaction-retention": "auto compaction retention: a duration ('1h', or hours as a number) for "
                                  "periodic mode, a revision count for revision mode; 0 turns it off",
-    "log-level": "log level: debug, info, warn or error (default info)",
+    "log-level": "log level: debug, info, warn, error, panic or fatal (default info)",
     "log-format": "log format: 'json' (etcd's zap fields, one object a line) or 'console'",
     "logger": "accepted for etcd compatibility (etcdlite always logs like etcd's zap logger)",
     "log-outputs": "accepted for etcd compatibility (etcdlite logs to stderr)",
@@ -242,6 +242,7 @@ FLAG_HELP: dict[str, str] = {
                                                    "asked for them, as a Go duration (default 10m)",
 }
 IGNORED_HELP = "etcd flag for raft, peers, discovery or tuning: accepted and ignored"
+LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")  # zap's
 
 
 def parser() -> argparse.ArgumentParser:
@@ -288,4 +289,8 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
     if cfg.max_txn_ops <= 0:
         raise ConfigError("--max-txn-ops must be positive")
     cfg.listen_addresses()
+    if cfg.log_level not in LOG_LEVELS:
+        raise ConfigError(f'unrecognized level: "{cfg.log_level}"')  # what etcd's zap says
+    if cfg.log_format not in ("json", "console"):
+        raise ConfigError(f'invalid value "{cfg.log_format}" for flag -log-format: expected "json" or "console"')
     return cfg, bool(args.version)

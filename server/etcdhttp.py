@@ -288,12 +288,8 @@ class HttpListeners:
                 self.addresses.append((flag, bound))
                 log.info("serving HTTP", extra={"fields": {"flag": flag, "address": f"{host}:{bound}"}})
 
-    def begin_shutdown(self) -> None:
-        """From now on health checks fail with "server stopped" (load balancers drain first)."""
-        self._stopping = True
-
     def close(self) -> None:
-        self._stopping = True
+        self._stopping = True  # health checks still answering say "server stopped"
         self.client.close()
         self.metrics.close()
 

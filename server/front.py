@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+import socket
+from typing import Any, cast
 
 from .httpd import HttpServer
 
@@ -36,8 +37,7 @@ class _Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
 
     def data_received(self, data: bytes) -> None:
         self.front.transport.write(data)
@@ -71,8 +71,7 @@ class _Front(asyncio.Protocol):
         self._eof_pending = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         self.mux._fronts.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -106,9 +105,16 @@ class _Front(asyncio.Protocol):
 
     async def _connect_upstream(self) -> None:
         loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            _, upstream = await loop.create_unix_connection(lambda: _Upstream(self), self.mux.target)
-        except OSError as exc:
+            # connected first: uvloop's create_unix_connection does not take abstract socket paths
+            await loop.sock_connect(sock, self.mux.target)
+            _, upstream = await loop.create_unix_connection(lambda: _Upstream(self), sock=sock)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
             log.warning("cannot reach the internal gRPC listener", extra={"fields": {"error": str(exc)}})
             self.transport.abort()
             return

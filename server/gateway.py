@@ -149,7 +149,7 @@ class GatewayContext(grpc.aio.ServicerContext):
                  out: asyncio.Queue[Any] | None = None) -> None:
         self._metadata = tuple(metadata)
         self._peer = peer
-        self._out = out
+        self.out = out  # where ``write`` puts a streaming call's messages
         self._code: grpc.StatusCode | None = None
         self._details = ""
 
@@ -161,9 +161,9 @@ class GatewayContext(grpc.aio.ServicerContext):
         await self.abort(status.code, status.details)
 
     async def write(self, message: Any) -> None:
-        if self._out is None:
+        if self.out is None:
             raise RuntimeError("write on a unary call")
-        await self._out.put(message)
+        await self.out.put(message)
 
     async def read(self) -> Any:
         raise RuntimeError("the gateway passes requests as an iterator")
@@ -404,7 +404,7 @@ class Gateway:
             yield self._within_limit(message)
 
     async def _stream(self, call: Any, context: GatewayContext) -> Response | StreamResponse:
-        out = context._out
+        out = context.out
         assert out is not None
         task = asyncio.get_running_loop().create_task(self._run(call, out), name="gateway-stream")
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -215,7 +215,7 @@ class StreamResponse:
 Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 
 
-def text_response(status: int, text: str, headers: Headers = ()) -> Response:  # type: ignore[assignment]
+def text_response(status: int, text: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
     """Go's http.Error: the text and a newline, as plain text, not sniffed."""
     return Response(status, (text + "\n").encode(), [("Content-Type", "text/plain; charset=utf-8"),
                                                       ("X-Content-Type-Options", "nosniff"), *headers])
@@ -297,7 +297,7 @@ class HttpServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except HttpError as exc:  # malformed request framing: answer once and close
-            await self._write_response(writer, text_response(exc.status, exc.text), "HTTP/1.1", False, False)
+            await self._write_response(writer, text_response(exc.status, exc.text), False, False)
         except asyncio.CancelledError:
             pass
         except Exception:  # noqa: BLE001 - one broken connection must not take the server down
@@ -330,21 +330,21 @@ class HttpServer:
             finished = await self._stream(writer, response, request, conn, chunked, keep_alive, head_only)
             keep_alive = keep_alive and finished
         else:
-            await self._write_response(writer, response, version, keep_alive, head_only)
+            await self._write_response(writer, response, keep_alive, head_only)
         if keep_alive and not body.done:
             keep_alive = await body.discard(256 * 1024)
         return keep_alive
 
     @staticmethod
-    def _status_line(version: str, status: int) -> str:
+    def _status_line(status: int) -> str:
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
             phrase = "status code " + str(status)
         return f"HTTP/1.1 {status} {phrase}\r\n"
 
-    def _head_bytes(self, version: str, status: int, headers: Headers, keep_alive: bool) -> bytes:
-        lines = [self._status_line(version, status)]
+    def _head_bytes(self, status: int, headers: Headers, keep_alive: bool) -> bytes:
+        lines = [self._status_line(status)]  # Go answers HTTP/1.1 whatever the request's version
         lines += [f"{k}: {v}\r\n" for k, v in headers]
         lines.append(f"Date: {formatdate(usegmt=True)}\r\n")
         if not keep_alive:
@@ -352,10 +352,10 @@ class HttpServer:
         lines.append("\r\n")
         return "".join(lines).encode("latin-1")
 
-    async def _write_response(self, writer: asyncio.StreamWriter, resp: Response, version: str,
-                              keep_alive: bool, head_only: bool) -> None:
+    async def _write_response(self, writer: asyncio.StreamWriter, resp: Response, keep_alive: bool,
+                              head_only: bool) -> None:
         headers = [*resp.headers, ("Content-Length", str(len(resp.body)))]
-        writer.write(self._head_bytes(version, resp.status, headers, keep_alive))
+        writer.write(self._head_bytes(resp.status, headers, keep_alive))
         if not head_only and resp.body:
             writer.write(resp.body)
         await writer.drain()
@@ -366,7 +366,7 @@ class HttpServer:
         headers = list(resp.headers)
         if chunked:
             headers.append(("Transfer-Encoding", "chunked"))
-        writer.write(self._head_bytes(request.version, resp.status, headers, keep_alive))
+        writer.write(self._head_bytes(resp.status, headers, keep_alive))
         await writer.drain()
         loop = asyncio.get_running_loop()
         pump = loop.create_task(self._pump(writer, resp.chunks, chunked, head_only), name=f"{self._name}-stream")

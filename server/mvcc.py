@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -136,7 +138,8 @@ class MVCCStore:
         self._journal: Journal = MemoryJournal()
         self._pending: list[tuple[int, int]] = []  # (journal seq, revision) not yet durable
         self._durable_seq = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap: (seq, tie-breaker, future)
+        self._waiter_ids = itertools.count()
         self._failure: BaseException | None = None  # set once the journal broke
         self._durable_listeners: list[Callable[[int, int], None]] = []
         self._install_journal(self._journal)
@@ -158,7 +161,8 @@ class MVCCStore:
     def journal(self, entry: Entry) -> int:
         seq = self._journal.append(entry)
         self._pending.append((seq, entry.revision))
-        self._advance()
+        if seq <= self._durable_seq:  # a journal that is durable at once (the in-memory one)
+            self._advance()
         return seq
 
     def _mark_durable(self, seq: int) -> None:
@@ -177,18 +181,16 @@ class MVCCStore:
             n += 1
         if n:
             del self._pending[:n]
-        if self._waiters:
-            still = []
-            for seq, fut in self._waiters:
-                if seq <= durable:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    still.append((seq, fut))
-            self._waiters = still
         if self.visible_revision != old:
+            # watchers first, then the writers' answers: as etcd, whose apply notifies the watchers
+            # before the request is answered, an event does not trail the response to its put
             for listener in self._durable_listeners:
                 listener(old, self.visible_revision)
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= durable:
+            fut = heapq.heappop(waiters)[2]
+            if not fut.done():
+                fut.set_result(None)
 
     async def wait_durable(self, seq: int) -> None:
         if seq <= self._durable_seq:
@@ -196,13 +198,13 @@ class MVCCStore:
         if self._failure is not None:
             raise self._failure
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((seq, fut))
+        heapq.heappush(self._waiters, (seq, next(self._waiter_ids), fut))
         await fut
 
     def fail_waiters(self, exc: BaseException) -> None:
         """The journal broke: nothing pending will become durable, now or later."""
         self._failure = exc
-        for _, fut in self._waiters:
+        for _, _, fut in self._waiters:
             if not fut.done():
                 fut.set_exception(exc)
         self._waiters = []
@@ -261,17 +263,29 @@ class MVCCStore:
             kv = self.get(key, rev)
             kvs = [] if kv is None else [kv]
             return RangeResult([] if count_only else kvs, len(kvs), head)
-        kvs: list[KeyValue] = []
-        count = 0
+        keys = self._keys
+        if end and key >= end:
+            return RangeResult([], 0, head)
+        # the keys in [key, end) by position: a slice of the sorted list, ~15x cheaper than irange
+        found = keys[keys.bisect_left(key):keys.bisect_left(end) if end else len(keys)]
         history = self._history
         at = self._at
-        for k in self._iter_keys(key, end):
-            kv = at(history[k], rev)
-            if kv is None:
+        kvs: list[KeyValue] = []
+        count = 0
+        want = 0 if count_only else (limit if limit > 0 else -1)  # versions still to collect; -1: all
+        for k in found:
+            versions = history[k]
+            kv = versions[-1]
+            if kv.mod_revision > rev:  # written after rev: an older version (or none) was live then
+                kv = at(versions, rev)
+                if kv is None:
+                    continue
+            elif kv.version == 0:  # deleted
                 continue
             count += 1
-            if not count_only and (limit <= 0 or len(kvs) < limit):
+            if want:
                 kvs.append(kv)
+                want -= 1
         return RangeResult(kvs, count, head)
 
     def changes_since(self, start_rev: int, upto: int) -> Iterator[tuple[int, list[KeyValue]]]:

@@ -145,6 +145,23 @@ def decode_entry(buf: bytes) -> Entry:
                  lease_revokes=revokes, compact_revision=compact)
 
 
+# a record whose entry has one change and no lease grants/revokes (every Put): its body's head in one pack
+_ONE_CHANGE_HEAD = struct.Struct("<QB" + _ENTRY.format[1:] + _KV.format[1:])
+
+
+def encode_record(index: int, entry: Entry) -> bytes:
+    """``frame_record(index, encode_entry(entry))``, in one pack and one join for the common one-change entry."""
+    changes = entry.changes
+    if len(changes) != 1 or entry.lease_grants or entry.lease_revokes:
+        return frame_record(index, encode_entry(entry))
+    kv = changes[0]
+    key, value = kv.key, kv.value
+    body = b"".join((_ONE_CHANGE_HEAD.pack(index, KIND_ENTRY, entry.revision, entry.compact_revision, 1, 0, 0,
+                                           len(key), len(value), kv.create_revision, kv.mod_revision, kv.version,
+                                           kv.lease, kv.sub), key, value))
+    return _REC.pack(len(body), zlib.crc32(body)) + body
+
+
 def frame_record(index: int, payload: bytes) -> bytes:
     head = _REC_BODY.pack(index, KIND_ENTRY)
     crc = zlib.crc32(payload, zlib.crc32(head))
@@ -648,7 +665,7 @@ class WAL:
     def append(self, entry: Entry) -> int:
         self.check_writable()
         self._index += 1
-        self._queue.append((self._index, frame_record(self._index, encode_entry(entry))))
+        self._queue.append((self._index, encode_record(self._index, entry)))
         if entry.compact_revision:
             self._compacted = True
         self._wakeup.set()

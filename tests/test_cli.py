@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -61,3 +62,26 @@ def test_data_dir_that_cannot_be_used(tmp_path: Path) -> None:
 def test_bad_http_listener_url(tmp_path: Path, flag: str) -> None:
     r = run("--data-dir", str(tmp_path / "d"), "--listen-client-urls", "http://127.0.0.1:0", flag, "ftp://x:1")
     _one_clear_line(r, 'unexpected URL "ftp://x:1"')
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--log-level", "bogus"], 'unrecognized level: "bogus"'),
+    (["--log-format", "xml"], 'invalid value "xml" for flag -log-format'),
+])
+def test_bad_log_flags(args: list[str], message: str) -> None:
+    _one_clear_line(run(*args), message)
+
+
+def test_console_log_format_is_zaps(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "etcdlite", "--log-format", "console", "--data-dir",
+                             str(tmp_path / "d"), "--listen-client-urls", "http://127.0.0.1:0"],
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        while "ready to serve client requests" not in (line := proc.stderr.readline()):  # type: ignore[union-attr]
+            assert line, "etcdlite exited before it was ready"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    ts, level, caller, msg, fields = line.rstrip("\n").split("\t")
+    assert ts.endswith("Z") and level == "info" and caller.startswith("etcdlite")
+    assert msg == "ready to serve client requests" and json.loads(fields)["address"] == "http://127.0.0.1:0"

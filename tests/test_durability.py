@@ -27,7 +27,8 @@ from etcdlite.mvcc import Entry, KeyValue
 from etcdlite.node import Node
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.wal import (DiskFaults, StorageError, capture, decode_entry, decode_snapshot, encode_entry,
-                          encode_snapshot, frame_record, reattach_leases, restore_state, snapshot_size)
+                          encode_record, encode_snapshot, frame_record, reattach_leases, restore_state,
+                          snapshot_size)
 from harness import ETCD_BIN, EtcdProcess, ServerStartError, etcdctl
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -127,6 +128,14 @@ _entries = st.builds(Entry, revision=_i63, changes=st.lists(_kvs, max_size=4),
 @given(_entries)
 def test_entry_encoding_round_trips(entry: Entry) -> None:
     assert decode_entry(encode_entry(entry)) == entry
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 2**63 - 1), _entries)
+def test_record_fast_path_encodes_as_the_general_one(index: int, entry: Entry) -> None:
+    assert encode_record(index, entry) == frame_record(index, encode_entry(entry))
+    one = Entry(revision=entry.revision, changes=entry.changes[:1], compact_revision=entry.compact_revision)
+    assert encode_record(index, one) == frame_record(index, encode_entry(one))
 
 
 def test_entry_decoding_rejects_truncation() -> None:

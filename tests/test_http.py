@@ -16,6 +16,8 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,7 +392,11 @@ def test_health_version_and_metrics_shape(shared: dict[str, Target]) -> None:
         assert r.status == 200 and r.headers["content-type"] == "application/json"
         assert set(r.json()) == {"etcdserver", "etcdcluster"}
         assert re.fullmatch(r"3\.5\.\d+", r.json()["etcdserver"])
-    assert shared["etcdlite"].http.get("/version").json() == {"etcdserver": "3.5.0", "etcdcluster": "3.5.0"}
+    with urllib.request.urlopen(f"{shared['etcdlite'].http.base}/version", timeout=10) as r:  # plain urllib
+        assert json.load(r) == {"etcdserver": "3.5.0", "etcdcluster": "3.5.0"}
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(f"{shared['etcdlite'].http.base}/v3/kv/put", data=b"{}"))
+    assert err.value.code == 400 and json.load(err.value)["message"] == "etcdserver: key is not provided"
 
     required = ["etcd_server_has_leader", "etcd_server_is_leader", "etcd_mvcc_db_total_size_in_bytes",
                 "etcd_debugging_mvcc_keys_total", "etcd_server_proposals_committed_total",

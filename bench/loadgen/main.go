@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	mrand "math/rand"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -98,6 +99,13 @@ func ready(args []string) {
 	fs.Parse(args)
 	deadline := time.Now().Add(*timeout)
 	for time.Now().Before(deadline) {
+		// plain TCP first: a refused gRPC dial would back off for a second
+		conn, err := net.DialTimeout("tcp", strings.Split(*endpoints, ",")[0], 100*time.Millisecond)
+		if err != nil {
+			time.Sleep(2 * time.Millisecond)
+			continue
+		}
+		conn.Close()
 		c, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(*endpoints, ","), DialTimeout: time.Second})
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -18,7 +18,7 @@ import grpc
 
 from .. import errors
 from ..auth import WATCH_PERMISSION_DENIED
-from ..kv import to_pb
+from ..kv import set_kv
 from ..mvcc import KeyValue, MVCCStore
 from ..node import Node
 from ..pb.etcdserverpb import rpc_pb2 as pb
@@ -195,11 +195,19 @@ class _WatchSession:
             self._progress[w] = False  # an event response stands in for the next progress notification
 
     def _to_pb(self, resp: WatchResponse) -> pb.WatchResponse:
+        # built a field at a time, events in place: far cheaper with upb than keyword construction
         node = self._node
-        wr = pb.WatchResponse(
-            watch_id=resp.watch_id, created=resp.created, canceled=resp.canceled or bool(resp.compact_revision),
-            cancel_reason=resp.cancel_reason, compact_revision=resp.compact_revision,
-        )
+        wr = pb.WatchResponse()
+        if resp.watch_id:
+            wr.watch_id = resp.watch_id
+        if resp.created:
+            wr.created = True
+        if resp.canceled or resp.compact_revision:
+            wr.canceled = True
+        if resp.cancel_reason:
+            wr.cancel_reason = resp.cancel_reason
+        if resp.compact_revision:
+            wr.compact_revision = resp.compact_revision
         header = wr.header
         header.cluster_id = node.cluster_id
         header.member_id = node.member_id
@@ -207,16 +215,19 @@ class _WatchSession:
         header.revision = resp.revision
         if resp.events:
             with_prev = resp.watcher is not None and resp.watcher.spec.prev_kv
-            wr.events.extend([self._event(kv, with_prev) for kv in resp.events])
+            add = wr.events.add
+            for kv in resp.events:
+                self._event(add(), kv, with_prev)
         return wr
 
-    def _event(self, kv: KeyValue, with_prev: bool) -> kv_pb2.Event:
-        ev = kv_pb2.Event(type=kv_pb2.Event.DELETE if kv.is_tombstone else kv_pb2.Event.PUT, kv=to_pb(kv))
+    def _event(self, ev: kv_pb2.Event, kv: KeyValue, with_prev: bool) -> None:
+        if kv.version == 0:  # a tombstone
+            ev.type = kv_pb2.Event.DELETE
+        set_kv(ev.kv, kv)
         if with_prev and not _is_create(kv):
             prev = prev_kv_of(self._store, kv)
             if prev is not None:
-                ev.prev_kv.CopyFrom(to_pb(prev))
-        return ev
+                set_kv(ev.prev_kv, prev)
 
 
 class WatchService:
