@@ -1,0 +1,39 @@
+"""aetcd, an asyncio gRPC client, against etcdlite and real etcd: the same session, the same answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import start, stop
+
+SESSION = Path(__file__).parent / "scenarios" / "aetcd_session.py"
+pytestmark = pytest.mark.timeout(120)
+
+
+def run_session(port: int) -> list:
+    env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
+    r = subprocess.run([sys.executable, str(SESSION), "127.0.0.1", str(port)], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_aetcd_session_matches_etcd(tmp_path):
+    pytest.importorskip("aetcd")
+    results = {}
+    for target in ("etcdlite", "etcd"):
+        proc, port = start(target, tmp_path)
+        try:
+            results[target] = run_session(port)
+        finally:
+            stop(proc)
+    assert results["etcdlite"] == results["etcd"]
+    ours = dict((step[0], step[1:]) for step in results["etcdlite"])
+    assert ours["get"] == [["/svc/a", "1", 2, 2, 1]]
+    assert ours["watch"][0] == [["PUT", "/w", "0", 8], ["PUT", "/w", "1", 9], ["DELETE", "/w", "", 10]]
