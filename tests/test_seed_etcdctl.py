@@ -53,7 +53,9 @@ class CtlSession:
             if isinstance(v, dict):
                 return {k: walk(x, k) for k, x in v.items() if k not in ("cluster_id", "member_id", "raft_term")}
             if isinstance(v, list):
-                return [walk(x) for x in v]
+                items = [walk(x) for x in v]
+                # a lease's attached keys come in Go map order
+                return sorted(items) if key == "keys" else items
             if key in ("lease", "ID", "id") and isinstance(v, int) and v in self.ids:
                 return self.ids[v]
             if key == "ttl" and isinstance(v, int):
