@@ -27,7 +27,8 @@ class Config:
     listen_client_urls: list[str] = field(default_factory=lambda: ["http://localhost:2379"])
     listen_client_http_urls: list[str] = field(default_factory=list)  # HTTP only (gateway, /health, /metrics)
     listen_metrics_urls: list[str] = field(default_factory=list)  # /metrics and the health endpoints
-    client_http_mux: bool = False  # HTTP/1.1 on the client port too, beside gRPC (see README)
+    # HTTP/1.1 beside gRPC on the client port, as etcd serves it (see README); off: gRPC only, faster
+    client_http_mux: bool = True
     advertise_client_urls: list[str] = field(default_factory=lambda: ["http://localhost:2379"])
     listen_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
     initial_advertise_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
@@ -209,8 +210,8 @@ FLAG_HELP: dict[str, str] = {
     "listen-client-http-urls": "comma-separated URLs to serve HTTP only on: the /v3 JSON gateway, /health, "
                                "/livez, /readyz, /version, /metrics (with it, the client URLs serve gRPC only)",
     "listen-metrics-urls": "comma-separated URLs to serve /metrics and the health endpoints on",
-    "client-http-mux": "also serve HTTP/1.1 (gateway, /health, /metrics) on the plain-http client URLs, "
-                       "sniffing each connection; costs gRPC throughput, see the README (default false)",
+    "client-http-mux": "serve HTTP/1.1 (gateway, /health, /metrics) beside gRPC on the plain-http client "
+                       "URLs, as etcd does; =false serves gRPC only there, which is faster (default true)",
     "advertise-client-urls": "client URLs this member advertises (in MemberList)",
     "listen-peer-urls": "peer URLs; accepted for etcd compatibility (there is no raft peer traffic)",
     "initial-advertise-peer-urls": "peer URLs this member advertises; used to compute the member ID",
