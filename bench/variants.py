@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--total", type=int, default=4000)
+    ap.add_argument("--only", default="", help="comma-separated workload name prefixes")
     ap.add_argument("--out", default="")
     opts = ap.parse_args()
     binary = subprocess.run([str(BUILD_BENCHMARK)], capture_output=True, text=True, check=True).stdout.strip()
@@ -57,13 +58,17 @@ def main() -> None:
     kv = ["--key-size=8", "--val-size=256"]
     fill = ["put", "--total=1", "--key-size=3", "--val-size=256", "--key-space-size=1", "--sequential-keys"]
     loads = [
+        Workload("put", ["put", f"--total={n // 4}", *kv], 1, 1),
         Workload("put", ["put", f"--total={n}", *kv], 16, 4),
+        Workload("txn-put", ["txn-put", f"--total={n}", *kv], 16, 4),
         Workload("range", ["range", "foo", f"--total={n}"], 16, 4, fill),
         Workload("range serializable", ["range", "foo", "--consistency=s", f"--total={n}"], 100, 4, fill),
         Workload("lease-keepalive", ["lease-keepalive", f"--total={n}"], 16, 4),
         Workload("watch (events)", ["watch", "--put-rate=1000000", "--streams=16", "--watch-per-stream=10",
                                     f"--put-total={n // 40}"], 16, 4, rows=[("watch (events)", 1)]),
     ]
+    if opts.only:
+        loads = [w for w in loads if any(w.name.startswith(p) for p in opts.only.split(","))]
     variants = [v for v in opts.variants.split(",") if v]
     best: dict[tuple[str, str], Result] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
@@ -80,7 +85,7 @@ def main() -> None:
                         if w.prepare:
                             run_tool(binary, s, Workload("prep", w.prepare, 1, 1))
                         r = run_tool(binary, s, w)[w.rows[0][1]]
-                        key = (w.name, name)
+                        key = (f"{w.name} {w.clients}c", name)
                         cpu.setdefault(key, []).append(r.cpu_us)
                         if key not in best or r.rps > best[key].rps:
                             best[key] = r
@@ -94,11 +99,12 @@ def main() -> None:
              "by other load on the machine than ops/s); ×: the variant's CPU per request over the first variant's.", "",
              "| workload | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for w in loads:
-        base_cpu = statistics.median(cpu[(w.name, variants[0])])
+        wkey = f"{w.name} {w.clients}c"
+        base_cpu = statistics.median(cpu[(wkey, variants[0])])
         cells = []
         for name in names:
-            r = best[(w.name, name)]
-            c = statistics.median(cpu[(w.name, name)])
+            r = best[(wkey, name)]
+            c = statistics.median(cpu[(wkey, name)])
             rel = f", {c / base_cpu:.2f}×" if name not in ("etcd", variants[0]) else ""
             cells.append(f"{r.rps:.0f}/s, {c:.0f} µs{rel}")
         lines.append(f"| {w.name} {w.clients}c/{w.conns}conn | " + " | ".join(cells) + " |")

@@ -37,10 +37,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import gc
 import hashlib
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +66,8 @@ WAL_SUFFIX = ".wal"
 
 DEFAULT_SNAPSHOT_COUNT = 100_000  # etcd's --snapshot-count default
 MIN_SNAPSHOT_LOG_BYTES = 64 * 1024 * 1024
+INLINE_SYNC_MAX_SECONDS = 0.002  # a lone write is synced on the event loop only while syncs take less
+LONE_WRITES_BEFORE_INLINE_SYNC = 3  # ... and only from the third lone write in a row
 SNAPSHOT_ALIGN = 512  # bbolt's page multiple: what `etcdctl snapshot save` expects before the SHA-256
 SHA256_SIZE = 32
 
@@ -266,6 +270,10 @@ def _groups(store: MVCCStore) -> list[tuple[int, list[KeyValue]]]:
     already dropped from the history; compacting again drops them again).
     """
     log_groups = list(store.changes_since(0, store.current_revision))
+    if store.compact_main_revision < 0:
+        # never compacted: the change log still holds every version there is, and a walk over every
+        # key (half a second with 1M keys, on the event loop) would find nothing older
+        return log_groups
     first_logged = log_groups[0][0] if log_groups else store.current_revision + 1
     old: dict[int, list[KeyValue]] = {}
     for kv in store.history():
@@ -283,11 +291,13 @@ def capture(index: int, store: MVCCStore, lessor: Lessor) -> SnapshotState:
 def encode_snapshot(state: SnapshotState) -> bytes:
     parts: list[bytes] = [b""]
     parts.extend(_LEASE.pack(lease_id, ttl) for lease_id, ttl in state.leases)
+    pack = _KV.pack  # _pack_kv's layout, flattened: a third cheaper over a million versions
     for revision, kvs in state.groups:
         parts.append(_GROUP.pack(revision, len(kvs)))
-        for kv in kvs:
-            _pack_kv(parts, kv)
-    body_len = _SNAP_HEAD.size + sum(len(p) for p in parts)
+        parts += [part for kv in kvs for part in (
+            pack(len(kv.key), len(kv.value), kv.create_revision, kv.mod_revision, kv.version, kv.lease, kv.sub),
+            kv.key, kv.value)]
+    body_len = _SNAP_HEAD.size + sum(map(len, parts))
     parts[0] = _SNAP_HEAD.pack(_SNAP_MAGIC, body_len, state.index, state.revision, state.compact_revision,
                                len(state.leases), len(state.groups))
     body = b"".join(parts)
@@ -352,6 +362,8 @@ def apply_entry(entry: Entry, store: MVCCStore, lessor: Lessor) -> None:
 
 
 def reattach_leases(store: MVCCStore, lessor: Lessor) -> None:
+    if not lessor.leases():  # no lease to attach to: skip the walk over every key
+        return
     for kv in store.all_live():
         if kv.lease:
             lessor.attach(kv.lease, kv.key)
@@ -545,6 +557,7 @@ def recover(member_dir: Path, store: MVCCStore, lessor: Lessor, sync: bool = Tru
     snap_dir, wal_dir = member_dir / SNAP_DIR, member_dir / WAL_DIR
     snap_dir.mkdir(parents=True, exist_ok=True)
     wal_dir.mkdir(parents=True, exist_ok=True)
+    store.begin_bulk_load()  # new keys join the sorted key index in one go, at the end
     index, snap_path, snap_size = _load_snapshot(snap_dir, store, lessor)
     segments = _listing(wal_dir, WAL_SUFFIX)
     live = [(first, path) for first, path in segments if first > index]
@@ -571,6 +584,7 @@ def recover(member_dir: Path, store: MVCCStore, lessor: Lessor, sync: bool = Tru
     for _, path in _listing(snap_dir, SNAP_SUFFIX):
         if path != snap_path:
             path.unlink()
+    store.end_bulk_load()
     reattach_leases(store, lessor)
     return Recovery(expected - 1, store.current_revision, snap_path, snap_size, segment, replayed, dropped)
 
@@ -638,6 +652,9 @@ class WAL:
         self._closing = False
         self._failure: errors.EtcdError | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._reads_seen = 0  # the store's read count at the end of the last write
+        self._sync_fast = True  # the last write+sync done on the loop's thread was quick
+        self._lone_writes = 0  # consecutive batches of one record with one waiter and no reads between
         self._lock_fd = -1
 
     # -- start-up ---------------------------------------------------------------------------
@@ -645,11 +662,19 @@ class WAL:
         check_data_dir(self.member_dir)
         self.member_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = lock_data_dir(self.member_dir)
+        # recovery only builds acyclic data (versions, lists, bytes): the cycle collector would scan
+        # the growing heap again and again for nothing (half the start-up time with 1M keys)
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             rec = recover(self.member_dir, self._store, self._lessor, self._opts.fsync)
         except BaseException:
             self._unlock()
             raise
+        finally:
+            if collecting:
+                gc.enable()
+        gc.freeze()  # and later full collections skip what recovery built
         self._segment = rec.segment
         self._snapshot_size = rec.snapshot_size
         self._index = self._durable_index = rec.index
@@ -733,11 +758,26 @@ class WAL:
         data = b"".join(record for _, record in batch)
         segment = self._segment
         assert segment is not None
-        if self._opts.fsync:  # the event loop keeps serving while the disk syncs
+        store = self._store
+        lone = len(batch) == 1 and store.waiting <= 1 and store.reads == self._reads_seen
+        self._lone_writes = self._lone_writes + 1 if lone else 0
+        if not self._opts.fsync:  # into the page cache only: cheaper than a thread hop
+            segment.append(data, False, self._opts.faults)
+        elif self._lone_writes >= LONE_WRITES_BEFORE_INLINE_SYNC and self._sync_fast:
+            # a lone writer: one record, its request the only one waiting, no reads since the last
+            # write, several times in a row.  Nothing would use the event loop while the disk syncs,
+            # and the thread hop costs a fifth of such a put (bench/variants.py: inline-fsync).  Not
+            # on a disk whose sync is slow; not at the first lone write under concurrent load, where
+            # the others' requests would wait for the sync before they are even read.
+            started = time.monotonic()
+            segment.append(data, True, self._opts.faults)
+            self._sync_fast = time.monotonic() - started < INLINE_SYNC_MAX_SECONDS
+        else:  # the event loop keeps serving while the disk syncs
+            started = time.monotonic()
             await asyncio.get_running_loop().run_in_executor(
                 self._executor, segment.append, data, True, self._opts.faults)
-        else:  # into the page cache only: cheaper than a thread hop
-            segment.append(data, False, self._opts.faults)
+            self._sync_fast = time.monotonic() - started < INLINE_SYNC_MAX_SECONDS
+        self._reads_seen = store.reads
         self._since_snapshot += len(batch)
         self.stats.writes += 1
         self.stats.entries += len(batch)

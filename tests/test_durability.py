@@ -145,6 +145,30 @@ def test_entry_decoding_rejects_truncation() -> None:
             decode_entry(data[:cut])
 
 
+def test_snapshot_of_an_uncompacted_store_takes_every_version_from_the_change_log() -> None:
+    """capture() skips the walk over every key until the first compaction: nothing is older than the log."""
+    from etcdlite.lease import Lessor
+    from etcdlite.mvcc import MVCCStore
+
+    store = MVCCStore()
+    lessor = Lessor(store.write_txn, 1)
+    store.leases = lessor
+    for i in range(50):
+        txn = store.write_txn()
+        txn.put(b"k%02d" % (i % 7), b"v%d" % i, 0)
+        if i % 5 == 0:
+            txn.put(b"x%02d" % i, b"", 0)
+        txn.end()
+        if i % 9 == 0:
+            txn = store.write_txn()
+            txn.delete_range(b"k", b"l")
+            txn.end()
+    groups = capture(1, store, lessor).groups
+    assert sorted((kv.mod_revision, kv.key, kv.version) for _, kvs in groups for kv in kvs) == \
+        sorted((kv.mod_revision, kv.key, kv.version) for kv in store.history())
+    assert [rev for rev, _ in groups] == sorted(rev for rev, _ in groups)
+
+
 def test_snapshot_restores_the_store_exactly() -> None:
     async def scenario() -> None:
         node = node_for(Path("/nonexistent"))  # the in-memory journal: nothing touches the disk
