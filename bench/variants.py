@@ -64,6 +64,7 @@ def main() -> None:
         Workload("range", ["range", "foo", f"--total={n}"], 16, 4, fill),
         Workload("range serializable", ["range", "foo", "--consistency=s", f"--total={n}"], 100, 4, fill),
         Workload("lease-keepalive", ["lease-keepalive", f"--total={n}"], 16, 4),
+        Workload("lease-grant", ["lease", f"--total={n // 2}"], 16, 4, tool="loadgen", rows=[("lease-grant", 0)]),
         Workload("watch (events)", ["watch", "--put-rate=1000000", "--streams=16", "--watch-per-stream=10",
                                     f"--put-total={n // 40}"], 16, 4, rows=[("watch (events)", 1)]),
     ]
@@ -84,7 +85,7 @@ def main() -> None:
                     for name, s in servers.items():
                         if w.prepare:
                             run_tool(binary, s, Workload("prep", w.prepare, 1, 1))
-                        r = run_tool(binary, s, w)[w.rows[0][1]]
+                        r = run_tool(loadgen if w.tool == "loadgen" else binary, s, w)[w.rows[0][1]]
                         key = (f"{w.name} {w.clients}c", name)
                         cpu.setdefault(key, []).append(r.cpu_us)
                         if key not in best or r.rps > best[key].rps:
