@@ -14,7 +14,8 @@ pytestmark = pytest.mark.timeout(180)
 
 def _norm(text: str, endpoint: str) -> str:
     text = text.replace(endpoint.removeprefix("http://"), "<endpoint>").replace(endpoint, "<endpoint>")
-    text = re.sub(r"\b[0-9a-f]{16}\b", "<id>", text)
+    # member/cluster IDs: Go prints them in hex without leading zeros, so 10-16 digits
+    text = re.sub(r"\b(?=[0-9a-f]*[a-f])[0-9a-f]{10,16}\b", "<id>", text)
     text = re.sub(r"took = [\d.]+[µm]?s", "took = <t>", text)
     text = re.sub(r"\d+(\.\d+)? (kB|MB|B)\b", "<size>", text)
     text = re.sub(r"3\.5\.\d+(\+etcdlite[\w.]*)?", "<version>", text)
