@@ -17,6 +17,7 @@ from .api.lock import LockService
 from .api.maintenance import MaintenanceService
 from .api.watch import WatchService
 from .config import Config, ConfigError
+from .engine import GrpcEngine
 from .etcdhttp import HttpListeners, os_error_text
 from .front import ClientPortMux, internal_grpc_address
 from .gateway import Gateway
@@ -56,7 +57,7 @@ class EtcdServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.node = Node(config)
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: GrpcEngine | None = None
         self._closed = asyncio.Event()
         self.ports: list[int] = []
         self.metrics = ServerMetrics()
@@ -64,7 +65,8 @@ class EtcdServer:
         self.http: HttpListeners | None = None  # the JSON gateway, /health, /metrics ... (issue 8)
         self._mux: ClientPortMux | None = None  # --client-http-mux: HTTP/1.1 beside gRPC on the client port
 
-    def _services(self) -> list[grpc.GenericRpcHandler]:
+    def _services(self) -> None:
+        """Every etcd method's handler, in ``grpc_methods`` under its path."""
         node = self.node
         impls = {
             "KV": KVService(node),
@@ -74,22 +76,22 @@ class EtcdServer:
             "Maintenance": MaintenanceService(node),
             "Auth": AuthService(node),
         }
-        handlers = []
         for name, service in rpc_pb2.DESCRIPTOR.services_by_name.items():
-            handlers.append(generic_handler(service, impls.get(name), self.metrics.grpc, self.grpc_methods,
-                                            max_receive_bytes=self.config.grpc_max_receive_bytes))
+            generic_handler(service, impls.get(name), self.metrics.grpc, self.grpc_methods,
+                            max_receive_bytes=self.config.grpc_max_receive_bytes)
         recipes = {"Lock": LockService(node), "Election": ElectionService(node)}
         for module in (v3lock_pb2, v3election_pb2):
             for name, service in module.DESCRIPTOR.services_by_name.items():
-                handlers.append(generic_handler(service, recipes.get(name), self.metrics.grpc, self.grpc_methods,
-                                                max_receive_bytes=self.config.grpc_max_receive_bytes))
+                generic_handler(service, recipes.get(name), self.metrics.grpc, self.grpc_methods,
+                                max_receive_bytes=self.config.grpc_max_receive_bytes)
         self.metrics.wire_kv_observers()
-        return handlers
 
     async def start(self) -> None:
         cfg = self.config
         await self.node.start()  # recover from the data dir before anything is served
-        self._grpc = grpc.aio.server(
+        self._services()
+        self._grpc = GrpcEngine(
+            self.grpc_methods,
             options=[
                 # without this a second server on the same port starts silently
                 ("grpc.so_reuseport", 0),
@@ -99,13 +101,12 @@ class EtcdServer:
                 ("grpc.max_concurrent_streams", 2**31 - 1),
             ],
         )
-        self._grpc.add_generic_rpc_handlers(self._services())
         credentials = _server_credentials(cfg)
         self.http = HttpListeners(self.node, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes))
         muxed = self._muxed_addresses()
         if muxed:
             internal, path = internal_grpc_address()
-            if self._grpc.add_insecure_port(internal) == 0:
+            if self._grpc.add_port(internal) == 0:
                 raise ConfigError(f"cannot listen on the internal gRPC address {internal}")
             self._mux = ClientPortMux(path, self.http.client)
         for address, tls in cfg.listen_addresses():
@@ -118,10 +119,7 @@ class EtcdServer:
                     raise ConfigError(f"listen tcp {address}: bind: {os_error_text(exc)}") from None
                 continue
             try:
-                if tls:
-                    port = self._grpc.add_secure_port(address, credentials)
-                else:
-                    port = self._grpc.add_insecure_port(address)
+                port = self._grpc.add_port(address, credentials if tls else None)
             except RuntimeError as exc:
                 raise ConfigError(f"listen tcp {address}: bind: address already in use") from exc
             if port == 0:
@@ -130,7 +128,7 @@ class EtcdServer:
         await self.http.start(cfg)
         self.node.lessor.start()
         self.node.watches.start()
-        await self._grpc.start()
+        self._grpc.start()
         log.info("ready to serve client requests", extra={"fields": {"address": ",".join(cfg.listen_client_urls)}})
 
     def _muxed_addresses(self) -> list[tuple[str, bool]]:

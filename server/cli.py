@@ -12,7 +12,7 @@ import time
 
 from . import __version__
 from .config import Config, ConfigError, from_args
-from .loop import event_loop_factory
+from .engine import new_event_loop
 
 API_VERSION = "3.5"
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from .wal import StorageError
 
     try:
-        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(_serve(cfg))
     except (ConfigError, StorageError) as exc:
         logging.getLogger("etcdlite").error(str(exc))

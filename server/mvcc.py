@@ -136,7 +136,6 @@ class MVCCStore:
         self.visible_revision = 1  # the last durable revision: what readers see
         self.leases: LeaseAttacher | None = None
         self._bulk_keys: list[bytes] | None = None  # during a bulk load: new keys, not yet in _keys
-        self.reads = 0  # ranges served (the log writer looks at it: are reads going on?)
         self._journal: Journal = MemoryJournal()
         self._pending: list[tuple[int, int]] = []  # (journal seq, revision) not yet durable
         self._durable_seq = 0
@@ -263,7 +262,6 @@ class MVCCStore:
 
         ``count`` is every live key in the range; ``kvs`` stops at ``limit``.
         """
-        self.reads += 1
         head = self.visible_revision if head is None else head
         rev = self.check_revision(rev, head)
         end = _end_of(end)

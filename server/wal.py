@@ -23,8 +23,8 @@ exactly such a file followed by etcd's 32-byte SHA-256 trailer, which is all ``e
 save`` checks; ``etcdlite snapshot restore FILE --data-dir DIR`` makes a data dir from it.
 
 Group commit: ``WAL.append`` only encodes and queues; one writer task takes everything queued,
-writes it with one ``write`` and one ``fdatasync`` (in a one-thread executor, so the event loop
-keeps serving), then reports the last index durable.  Every ``snapshot_count`` entries, once the
+writes it with one ``write`` and one ``fdatasync`` (on the event loop's thread while syncs take under
+2 ms, else in a one-thread executor so the loop keeps serving), then reports the last index durable.  Every ``snapshot_count`` entries, once the
 log outgrows the last snapshot (and at least 64 MiB), after a compaction, and on request
 (Defragment, Snapshot), the writer instead writes a snapshot of the in-memory state -- which at
 that moment is exactly the effect of every entry appended so far -- starts a new segment and
@@ -66,8 +66,7 @@ WAL_SUFFIX = ".wal"
 
 DEFAULT_SNAPSHOT_COUNT = 100_000  # etcd's --snapshot-count default
 MIN_SNAPSHOT_LOG_BYTES = 64 * 1024 * 1024
-INLINE_SYNC_MAX_SECONDS = 0.002  # a lone write is synced on the event loop only while syncs take less
-LONE_WRITES_BEFORE_INLINE_SYNC = 3  # ... and only from the third lone write in a row
+INLINE_SYNC_MAX_SECONDS = 0.002  # the log is synced on the event loop's thread only while syncs take less
 SNAPSHOT_ALIGN = 512  # bbolt's page multiple: what `etcdctl snapshot save` expects before the SHA-256
 SHA256_SIZE = 32
 
@@ -652,9 +651,7 @@ class WAL:
         self._closing = False
         self._failure: errors.EtcdError | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._reads_seen = 0  # the store's read count at the end of the last write
         self._sync_fast = True  # the last write+sync done on the loop's thread was quick
-        self._lone_writes = 0  # consecutive batches of one record with one waiter and no reads between
         self._lock_fd = -1
 
     # -- start-up ---------------------------------------------------------------------------
@@ -758,17 +755,12 @@ class WAL:
         data = b"".join(record for _, record in batch)
         segment = self._segment
         assert segment is not None
-        store = self._store
-        lone = len(batch) == 1 and store.waiting <= 1 and store.reads == self._reads_seen
-        self._lone_writes = self._lone_writes + 1 if lone else 0
         if not self._opts.fsync:  # into the page cache only: cheaper than a thread hop
             segment.append(data, False, self._opts.faults)
-        elif self._lone_writes >= LONE_WRITES_BEFORE_INLINE_SYNC and self._sync_fast:
-            # a lone writer: one record, its request the only one waiting, no reads since the last
-            # write, several times in a row.  Nothing would use the event loop while the disk syncs,
-            # and the thread hop costs a fifth of such a put (bench/variants.py: inline-fsync).  Not
-            # on a disk whose sync is slow; not at the first lone write under concurrent load, where
-            # the others' requests would wait for the sync before they are even read.
+        elif self._sync_fast:
+            # on the loop's thread while the disk syncs fast: requests that arrive meanwhile queue in
+            # gRPC core and join the next batch, and no thread hop is paid.  With the gRPC engine this
+            # gave 1.3x the puts/s of a sync in the executor at 16 clients (bench/engine.md).
             started = time.monotonic()
             segment.append(data, True, self._opts.faults)
             self._sync_fast = time.monotonic() - started < INLINE_SYNC_MAX_SECONDS
@@ -777,7 +769,6 @@ class WAL:
             await asyncio.get_running_loop().run_in_executor(
                 self._executor, segment.append, data, True, self._opts.faults)
             self._sync_fast = time.monotonic() - started < INLINE_SYNC_MAX_SECONDS
-        self._reads_seen = store.reads
         self._since_snapshot += len(batch)
         self.stats.writes += 1
         self.stats.entries += len(batch)

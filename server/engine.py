@@ -1,0 +1,599 @@
+"""gRPC served straight from grpcio's core completion queue, on the event loop's own thread.
+
+grpc.aio spends about 250 µs of CPU on each unary call in its asyncio layer (a poller thread, a task and
+several futures per call); taking the core's completion-queue events on the loop's thread and running
+the handler inline costs about 55 µs (bench/engine.md). The servicers are unchanged: each method is the
+``grpc.RpcMethodHandler`` the api layer builds, called with a ``ServerCall`` as its context.
+
+How the loop waits: ``CompletionQueueSelector`` is the loop's selector. Each time the loop selects it
+first serves every completion-queue event that is ready; when there are none and the loop is about to
+sleep, a helper thread waits on the completion queue meanwhile and wakes the loop through a pipe when an
+event arrives. Under load the loop never sleeps, so events cost no thread hand-off. On any other loop
+(uvloop, a test's loop) the helper thread takes every event and hands it over: slower, same behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import selectors
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, NoReturn
+
+import grpc
+from grpc._cython import cygrpc  # grpcio is pinned: its core API is what grpc's own servers use
+
+log = logging.getLogger("etcdlite.engine")
+
+_NO_FLAGS = 0
+_QUEUE_TIMEOUT = cygrpc.CompletionType.queue_timeout
+_QUEUE_SHUTDOWN = cygrpc.CompletionType.queue_shutdown
+_OK = cygrpc.StatusCode.ok
+_EMPTY = ()
+_HELPER_POLL_SECONDS = 0.05  # how long the helper's wait lasts before it checks whether it is still wanted
+
+
+class _Tag:
+    """Completion-queue tags that are not a call's own callbacks."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+_NEW_CALL = _Tag("new call")
+_SHUTDOWN = _Tag("server shutdown")
+
+
+def _status_code(code: grpc.StatusCode) -> int:
+    return code.value[0]
+
+
+class CallAbort(grpc.aio.AbortError):
+    """Raised by ``ServerCall.abort``; the call ends with the status it carries."""
+
+
+class ServerCall(grpc.aio.ServicerContext):
+    """One RPC: the servicer context handed to a handler, and the driver of its handler."""
+
+    def __init__(self, engine: GrpcEngine, event: Any, handler: grpc.RpcMethodHandler | None) -> None:
+        self._engine = engine
+        self._call = event.call
+        self._metadata: tuple[tuple[str, Any], ...] = tuple(event.invocation_metadata)
+        self.method: bytes = event.call_details.method
+        self._handler = handler
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self._trailing: tuple[tuple[str, Any], ...] = _EMPTY
+        self._initial_sent = False
+        self._close_watched = False
+        self.cancelled_by_client = False
+        self._finished = False
+        self._coro: Any = None
+        self._waiting: asyncio.Future[Any] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._read_future: asyncio.Future[Any] | None = None
+        self._write_future: asyncio.Future[None] | None = None
+        self._done_callbacks: list[Callable[[Any], None]] = []
+
+    # -- the servicer context -------------------------------------------------------------
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = _EMPTY) -> NoReturn:
+        self._code, self._details = code, details
+        if trailing_metadata:
+            self._trailing = tuple(trailing_metadata)
+        raise CallAbort()
+
+    async def abort_with_status(self, status: Any) -> NoReturn:
+        await self.abort(status.code, status.details, status.trailing_metadata)
+
+    def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
+        return self._metadata
+
+    def peer(self) -> str:
+        peer = self._call.peer()
+        return peer.decode() if isinstance(peer, bytes) else peer
+
+    def peer_identities(self) -> Any:
+        return cygrpc.peer_identities(self._call)
+
+    def peer_identity_key(self) -> Any:
+        key = cygrpc.peer_identity_key(self._call)
+        return key.decode() if isinstance(key, bytes) else key
+
+    def auth_context(self) -> Mapping[str, Any]:
+        return {key.decode() if isinstance(key, bytes) else key: value
+                for key, value in cygrpc.auth_context(self._call).items()}
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def details(self) -> str:
+        return self._details
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        self._trailing = tuple(trailing_metadata)
+
+    def trailing_metadata(self) -> tuple[tuple[str, Any], ...]:
+        return self._trailing
+
+    async def send_initial_metadata(self, initial_metadata: Any) -> None:
+        if self._initial_sent:
+            raise RuntimeError("initial metadata was already sent")
+        self._initial_sent = True
+        await self._batch((cygrpc.SendInitialMetadataOperation(tuple(initial_metadata), _NO_FLAGS),))
+
+    def cancelled(self) -> bool:
+        return self.cancelled_by_client
+
+    def done(self) -> bool:
+        return self._finished
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._done_callbacks.append(callback)
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def set_compression(self, compression: Any) -> None:
+        pass
+
+    def disable_next_message_compression(self) -> None:
+        pass
+
+    async def read(self) -> Any:
+        """The next request of a client-streaming call, or ``grpc.aio.EOF`` once the client half-closed."""
+        assert self._handler is not None
+        if self._read_future is not None:
+            raise RuntimeError("a read is already pending on this call")
+        future = self._engine.loop.create_future()
+        self._read_future = future
+        self._start((cygrpc.ReceiveMessageOperation(_NO_FLAGS),), self._on_read)
+        try:
+            data = await future
+        finally:
+            self._read_future = None
+        if data is None:
+            return grpc.aio.EOF
+        return self._handler.request_deserializer(data)
+
+    async def write(self, message: Any) -> None:
+        assert self._handler is not None
+        data = self._handler.response_serializer(message)
+        while self._write_future is not None:  # one send at a time, in the order they were asked for
+            await asyncio.shield(self._write_future)
+        if self._initial_sent:
+            ops: tuple[Any, ...] = (cygrpc.SendMessageOperation(data, _NO_FLAGS),)
+        else:
+            self._initial_sent = True
+            ops = (cygrpc.SendInitialMetadataOperation(_EMPTY, _NO_FLAGS),
+                   cygrpc.SendMessageOperation(data, _NO_FLAGS))
+        await self._batch(ops)
+
+    async def _batch(self, ops: tuple[Any, ...]) -> None:
+        future = self._engine.loop.create_future()
+        self._write_future = future
+        self._start(ops, self._on_written)
+        try:
+            await future
+        finally:
+            self._write_future = None
+
+    async def requests(self) -> AsyncIterator[Any]:
+        while True:
+            request = await self.read()
+            if request is grpc.aio.EOF:
+                return
+            yield request
+
+    # -- completion-queue callbacks -------------------------------------------------------
+    def _start(self, ops: tuple[Any, ...], tag: Callable[[Any], None]) -> None:
+        if self._engine.queue_closed:  # core must never see a batch after its queue shut down
+            self._engine.loop.call_soon(tag, None)
+            return
+        try:
+            self._call.start_server_batch(ops, tag)
+        except cygrpc.ExecuteBatchError:  # the call is over (cancelled, or the server stopped)
+            self._engine.loop.call_soon(tag, None)
+
+    def _on_read(self, event: Any) -> None:
+        future = self._read_future
+        if future is None or future.done():
+            return
+        if event is None or not event.success:
+            future.set_exception(asyncio.CancelledError())
+            return
+        future.set_result(event.batch_operations[0].message())
+
+    def _on_written(self, event: Any) -> None:
+        future = self._write_future
+        if future is None or future.done():
+            return
+        if event is None or not event.success:
+            future.set_exception(asyncio.CancelledError())
+            return
+        future.set_result(None)
+
+    def _on_close(self, event: Any) -> None:
+        if event is not None and event.success and not event.batch_operations[0].cancelled():
+            return  # the client saw the status
+        self.cancelled_by_client = True
+        if self._task is not None:
+            self._task.cancel()
+        elif self._waiting is not None:
+            self._waiting.cancel()
+        for future in (self._read_future, self._write_future):
+            if future is not None and not future.done():
+                future.set_exception(asyncio.CancelledError())
+
+    def _on_finished(self, event: Any) -> None:
+        self._finished = True
+        if event is not None and event.success and len(event.batch_operations) == 4:
+            if event.batch_operations[3].cancelled():
+                self.cancelled_by_client = True
+        self._engine.call_ended(self)
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:  # noqa: BLE001 - one callback's failure must not stop the others
+                log.exception("a call's done callback failed")
+        self._done_callbacks.clear()
+
+    # -- starting and ending ------------------------------------------------------------
+    def begin(self) -> None:
+        handler = self._handler
+        if handler is None:
+            self._finish_status(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            return
+        if handler.request_streaming:
+            self._watch_close()
+            if handler.response_streaming:
+                coro = handler.stream_stream(self.requests(), self)
+            else:
+                coro = handler.stream_unary(self.requests(), self)
+            self._run_task(coro)
+            return
+        self._start((cygrpc.ReceiveMessageOperation(_NO_FLAGS),), self._on_request)
+
+    def _on_request(self, event: Any) -> None:
+        handler = self._handler
+        assert handler is not None
+        if event is None or not event.success:
+            self.cancelled_by_client = True
+            self._engine.call_ended(self)
+            return
+        data = event.batch_operations[0].message()
+        if data is None:
+            self._finish_status(grpc.StatusCode.INTERNAL, "grpc: the client sent no request message")
+            return
+        request = handler.request_deserializer(data)
+        if handler.response_streaming:
+            self._watch_close()
+            self._run_task(handler.unary_stream(request, self))
+            return
+        self._coro = handler.unary_unary(request, self)
+        self._step()
+
+    def _watch_close(self) -> None:
+        self._close_watched = True
+        self._start((cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),), self._on_close)
+
+    def _step(self, _future: Any = None) -> None:
+        """Run a unary handler until it returns or waits, like a task's step without the task."""
+        coro = self._coro
+        waiting, self._waiting = self._waiting, None
+        try:
+            if waiting is not None and waiting.cancelled():
+                yielded = coro.throw(asyncio.CancelledError())
+            else:
+                yielded = coro.send(None)
+        except StopIteration as stop:
+            self._coro = None
+            self._finish_response(stop.value)
+            return
+        except BaseException as exc:  # noqa: BLE001 - every end of a handler becomes a status
+            self._coro = None
+            self._finish_error(exc)
+            return
+        if getattr(yielded, "_asyncio_future_blocking", None):
+            yielded._asyncio_future_blocking = False
+            self._waiting = yielded
+            yielded.add_done_callback(self._step)
+            if not self._close_watched:
+                self._watch_close()  # a waiting call must learn that its client went away
+        elif yielded is None:  # a bare yield: asyncio.sleep(0)
+            self._engine.loop.call_soon(self._step)
+        else:
+            self._coro = None
+            coro.close()
+            self._finish_error(RuntimeError(f"a handler yielded {yielded!r}"))
+
+    def _run_task(self, coro: Any) -> None:
+        task = self._engine.loop.create_task(coro, name=f"grpc {self.method.decode(errors='replace')}")
+        self._task = task
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._task = None
+        if task.cancelled():
+            self._finish_error(asyncio.CancelledError())
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._finish_error(exc)
+            return
+        result = task.result()
+        if self._handler is not None and not self._handler.response_streaming:
+            self._finish_response(result)
+        else:
+            self._finish_status(self._code or grpc.StatusCode.OK, self._details)
+
+    def _finish_response(self, response: Any) -> None:
+        assert self._handler is not None
+        try:
+            data = self._handler.response_serializer(response)
+        except Exception as exc:  # noqa: BLE001
+            self._finish_error(exc)
+            return
+        code = self._code or grpc.StatusCode.OK
+        if code is not grpc.StatusCode.OK:  # set_code without abort: status only, as grpc does
+            self._finish_status(code, self._details)
+            return
+        ops: list[Any] = []
+        if not self._initial_sent:
+            self._initial_sent = True
+            ops.append(cygrpc.SendInitialMetadataOperation(_EMPTY, _NO_FLAGS))
+        ops.append(cygrpc.SendMessageOperation(data, _NO_FLAGS))
+        ops.append(cygrpc.SendStatusFromServerOperation(self._trailing, _OK, b"", _NO_FLAGS))
+        if not self._close_watched:
+            self._close_watched = True
+            ops.append(cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS))
+        self._start(tuple(ops), self._on_finished)
+
+    def _finish_error(self, exc: BaseException) -> None:
+        if isinstance(exc, grpc.aio.AbortError):
+            self._finish_status(self._code or grpc.StatusCode.UNKNOWN, self._details)
+        elif isinstance(exc, asyncio.CancelledError):
+            if self.cancelled_by_client:
+                self._finish_status(grpc.StatusCode.CANCELLED, "")  # only ends the call in core
+            else:
+                self._finish_status(grpc.StatusCode.CANCELLED, "etcdserver: server stopped")
+        else:
+            log.error("unexpected error in %s", self.method.decode(errors="replace"), exc_info=exc)
+            self._finish_status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+
+    def _finish_status(self, code: grpc.StatusCode, details: str) -> None:
+        ops: list[Any] = []
+        if not self._initial_sent:
+            self._initial_sent = True
+            ops.append(cygrpc.SendInitialMetadataOperation(_EMPTY, _NO_FLAGS))
+        ops.append(cygrpc.SendStatusFromServerOperation(self._trailing, _status_code(code),
+                                                         details.encode(), _NO_FLAGS))
+        if not self._close_watched:
+            self._close_watched = True
+            ops.append(cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS))
+        self._start(tuple(ops), self._on_finished)
+
+    def cancel(self) -> None:
+        """End the call's handler (server shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+        elif self._waiting is not None:
+            self._waiting.cancel()
+
+
+class CompletionQueueSelector(selectors.EpollSelector):
+    """The event loop's selector, which also serves the completion queues of the engines on its loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engines: list[GrpcEngine] = []
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        engines = self.engines
+        if not engines:
+            return super().select(timeout)
+        served = 0
+        for engine in engines:
+            served += engine.serve_ready()
+        if served or (timeout is not None and timeout <= 0):
+            return super().select(0)
+        for engine in engines:
+            engine.helper_watch(True)
+        try:
+            ready = super().select(timeout)
+        finally:
+            for engine in engines:
+                engine.helper_watch(False)
+        for engine in engines:
+            engine.serve_ready()
+        return ready
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """asyncio's loop on a ``CompletionQueueSelector``: the loop a ``GrpcEngine`` serves fastest on."""
+    return asyncio.SelectorEventLoop(CompletionQueueSelector())
+
+
+class GrpcEngine:
+    """A gRPC server over grpcio's core, serving ``handlers`` (path -> method handler) on the running loop.
+
+    ``add_port`` before ``start``; ``stop(grace)`` ends it: new calls are refused at once, running ones
+    are cancelled after ``grace`` seconds.
+    """
+
+    def __init__(self, handlers: Mapping[str, grpc.RpcMethodHandler], options: list[tuple[str, Any]]) -> None:
+        self._handlers = {path.encode(): handler for path, handler in handlers.items()}
+        self._cq = cygrpc.CompletionQueue()
+        self._server = cygrpc.Server(tuple(options), False)
+        self._server.register_completion_queue(self._cq)
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self._calls: set[ServerCall] = set()
+        self._handoff: collections.deque[Any] = collections.deque()
+        self._helper_wanted = threading.Event()
+        self._helper: threading.Thread | None = None
+        self._closing = False
+        self._server_down = False  # core reported the shutdown: no new calls, no listeners
+        self.queue_closed = False
+        self._stopped: asyncio.Future[None] | None = None
+        self._selector: CompletionQueueSelector | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def add_port(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+        """The bound port, or 0 when the address cannot be bound."""
+        if credentials is None:
+            return self._server.add_http2_port(address.encode())
+        return self._server.add_http2_port(address.encode(), credentials._credentials)
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stopped = self.loop.create_future()
+        self._server.start()
+        self._server.request_call(self._cq, self._cq, _NEW_CALL)
+        selector = getattr(self.loop, "_selector", None)
+        if isinstance(selector, CompletionQueueSelector):
+            self._selector = selector
+            selector.engines.append(self)
+        else:
+            self._helper_wanted.set()  # on another loop the helper takes every event
+        self.loop.add_reader(self._wake_r, self._on_wake)
+        self._helper = threading.Thread(target=self._helper_run, name="grpc-cq", daemon=True)
+        self._helper.start()
+
+    # -- events -----------------------------------------------------------------------------
+    def serve_ready(self) -> int:
+        """Serve every event that is ready now, without waiting; how many there were."""
+        served = 0
+        handoff = self._handoff
+        while handoff:
+            self._dispatch(handoff.popleft())
+            served += 1
+        poll = self._cq.poll
+        while True:
+            event = poll(0)
+            kind = event.completion_type
+            if kind is _QUEUE_TIMEOUT or kind is _QUEUE_SHUTDOWN:
+                return served
+            self._dispatch(event)
+            served += 1
+
+    def helper_watch(self, wanted: bool) -> None:
+        if wanted:
+            self._helper_wanted.set()
+        else:
+            self._helper_wanted.clear()
+
+    def _helper_run(self) -> None:
+        cq = self._cq
+        wanted = self._helper_wanted
+        while not self._closing:
+            if not wanted.wait(0.5):
+                continue
+            event = cq.poll(time.time() + _HELPER_POLL_SECONDS)
+            kind = event.completion_type
+            if kind is _QUEUE_TIMEOUT:
+                continue
+            if kind is _QUEUE_SHUTDOWN:
+                return
+            self._handoff.append(event)
+            if self._selector is not None:
+                wanted.clear()  # the loop takes over once it is awake
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:  # the loop has not read the earlier wake-ups yet: it will wake anyway
+                pass
+
+    def _on_wake(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        if self._selector is None:
+            self.serve_ready()
+
+    def _dispatch(self, event: Any) -> None:
+        tag = event.tag
+        try:
+            if tag is _NEW_CALL:
+                self._new_call(event)
+            elif tag is _SHUTDOWN:
+                self._on_shutdown()
+            else:
+                tag(event)
+        except Exception:  # noqa: BLE001 - a bug in one call must not stop the server
+            log.exception("gRPC event %r failed", tag)
+
+    def _new_call(self, event: Any) -> None:
+        if not event.success:  # the server is shutting down
+            return
+        if not self._closing:
+            self._server.request_call(self._cq, self._cq, _NEW_CALL)
+        call = ServerCall(self, event, self._handlers.get(event.call_details.method))
+        self._calls.add(call)
+        call.begin()
+
+    def call_ended(self, call: ServerCall) -> None:
+        self._calls.discard(call)
+        if self._server_down and not self._calls:
+            self._close_queue()
+
+    # -- shutdown ------------------------------------------------------------------------------
+    async def stop(self, grace: float | None) -> None:
+        if self._stopped is None:
+            return
+        if not self._closing:
+            self._closing = True
+            self._server.shutdown(self._cq, _SHUTDOWN)
+            if grace:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._stopped), grace)
+                except TimeoutError:
+                    pass
+            if not self._stopped.done():
+                for call in list(self._calls):
+                    call.cancel()
+                self._server.cancel_all_calls()
+            try:  # a handler that ignores its cancellation must not hold the process
+                await asyncio.wait_for(asyncio.shield(self._stopped), 5.0)
+            except TimeoutError:
+                log.warning("%d gRPC calls did not end; stopping without them", len(self._calls))
+                self._close_queue()
+        await self._stopped
+
+    def _on_shutdown(self) -> None:
+        self._server_down = True
+        if not self._calls:
+            self._close_queue()
+
+    def _close_queue(self) -> None:
+        if self.queue_closed:
+            return
+        self.queue_closed = True
+        self._server.destroy()
+        self._cq.shutdown()
+        self.loop.remove_reader(self._wake_r)
+        if self._selector is not None:
+            self._selector.engines.remove(self)
+        self._helper_wanted.set()
+        if self._helper is not None:
+            self._helper.join()
+        while self._handoff:
+            self._dispatch(self._handoff.popleft())
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        assert self._stopped is not None
+        if not self._stopped.done():
+            self._stopped.set_result(None)

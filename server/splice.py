@@ -1,0 +1,195 @@
+"""Byte-for-byte relays between socket pairs, on a thread of their own, with splice(2).
+
+The client-port mux hands each gRPC connection here: its bytes then move between the client and the
+internal gRPC listener in the kernel (through a pipe per direction), and the event loop, which serves
+the gRPC calls themselves, never sees them. Back-pressure: a direction whose pipe cannot be emptied
+into its destination stops reading its source until the destination is writable again.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import threading
+
+log = logging.getLogger("etcdlite.splice")
+
+_CHUNK = 1 << 16
+_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_RETRY = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+class _Direction:
+    """src -> pipe -> dst."""
+
+    __slots__ = ("src", "dst", "pipe_r", "pipe_w", "pending", "eof")
+
+    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+        self.src = src
+        self.dst = dst
+        self.pipe_r, self.pipe_w = os.pipe()
+        self.pending = 0  # bytes in the pipe, not yet in dst
+        self.eof = False  # src said EOF; dst was shut for writing once the pipe drained
+
+    def close(self) -> None:
+        os.close(self.pipe_r)
+        os.close(self.pipe_w)
+
+
+class _Relay:
+    __slots__ = ("a", "b", "up", "down", "closed")
+
+    def __init__(self, a: socket.socket, b: socket.socket) -> None:
+        self.a, self.b = a, b
+        self.up = _Direction(a, b)
+        self.down = _Direction(b, a)
+        self.closed = False
+
+    def directions(self) -> tuple[_Direction, _Direction]:
+        return self.up, self.down
+
+
+class Splicer:
+    """Owns its thread and every relay: ``relay(a, b, head)``; ``close()`` cuts them all and stops."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._ctl_r, self._ctl_w = os.pipe()
+        os.set_blocking(self._ctl_r, False)
+        self._epoll.register(self._ctl_r, select.EPOLLIN)
+        self._by_fd: dict[int, tuple[_Relay, socket.socket]] = {}
+        self._masks: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._incoming: list[tuple[socket.socket, socket.socket]] = []
+        self._relays: set[_Relay] = set()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="client-mux-splice", daemon=True)
+        self._thread.start()
+
+    def relay(self, a: socket.socket, b: socket.socket) -> None:
+        """Relay between two connected sockets (taken over: closed when either side ends)."""
+        a.setblocking(False)
+        b.setblocking(False)
+        with self._lock:
+            if self._stopping:
+                a.close()
+                b.close()
+                return
+            self._incoming.append((a, b))
+        os.write(self._ctl_w, b"n")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        os.write(self._ctl_w, b"q")
+        self._thread.join()
+        os.close(self._ctl_r)
+        os.close(self._ctl_w)
+        self._epoll.close()
+
+    # -- the thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                for fd, mask in self._epoll.poll():
+                    if fd == self._ctl_r:
+                        if self._control():
+                            return
+                        continue
+                    entry = self._by_fd.get(fd)
+                    if entry is not None and not entry[0].closed:
+                        self._on_ready(entry[0], entry[1], mask)
+        finally:
+            for relay in list(self._relays):
+                self._close(relay)
+
+    def _control(self) -> bool:
+        try:
+            os.read(self._ctl_r, 4096)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+            stopping = self._stopping
+        for a, b in incoming:
+            relay = _Relay(a, b)
+            self._relays.add(relay)
+            for sock in (a, b):
+                self._by_fd[sock.fileno()] = (relay, sock)
+                self._masks[sock.fileno()] = select.EPOLLIN
+                self._epoll.register(sock.fileno(), select.EPOLLIN)
+        return stopping
+
+    def _on_ready(self, relay: _Relay, sock: socket.socket, mask: int) -> None:
+        if mask & select.EPOLLERR or (mask & select.EPOLLHUP and not self._masks.get(sock.fileno())):
+            self._close(relay)  # an error, or a hang-up on a socket nothing can be read from now
+            return
+        try:
+            for d in relay.directions():
+                if d.dst is sock and mask & select.EPOLLOUT:
+                    self._flush(d)
+                if d.src is sock and mask & (select.EPOLLIN | select.EPOLLHUP) and not d.pending and not d.eof:
+                    self._pump(d)
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT):
+                log.warning("relay failed", extra={"fields": {"error": str(exc)}})
+            self._close(relay)
+            return
+        if relay.up.eof and relay.down.eof and not relay.up.pending and not relay.down.pending:
+            self._close(relay)
+            return
+        self._update(relay)
+
+    def _pump(self, d: _Direction) -> None:
+        try:
+            n = os.splice(d.src.fileno(), d.pipe_w, _CHUNK, flags=_FLAGS)
+        except BlockingIOError:
+            return
+        if n == 0:
+            d.eof = True
+            d.dst.shutdown(socket.SHUT_WR)
+            return
+        d.pending += n
+        self._flush(d)
+
+    def _flush(self, d: _Direction) -> None:
+        while d.pending:
+            try:
+                n = os.splice(d.pipe_r, d.dst.fileno(), d.pending, flags=_FLAGS)
+            except BlockingIOError:
+                return
+            d.pending -= n
+
+    def _update(self, relay: _Relay) -> None:
+        """Each socket: readable wanted while its outgoing pipe is empty, writable while its incoming one is not."""
+        for sock in (relay.a, relay.b):
+            out = relay.up if sock is relay.a else relay.down
+            inc = relay.down if sock is relay.a else relay.up
+            mask = 0
+            if not out.pending and not out.eof:
+                mask |= select.EPOLLIN
+            if inc.pending:
+                mask |= select.EPOLLOUT
+            fd = sock.fileno()
+            if self._masks[fd] != mask:
+                self._masks[fd] = mask
+                self._epoll.modify(fd, mask)
+
+    def _close(self, relay: _Relay) -> None:
+        if relay.closed:
+            return
+        relay.closed = True
+        self._relays.discard(relay)
+        for sock in (relay.a, relay.b):
+            fd = sock.fileno()
+            if self._by_fd.pop(fd, None) is not None:
+                self._masks.pop(fd, None)
+                self._epoll.unregister(fd)
+            sock.close()
+        relay.up.close()
+        relay.down.close()
