@@ -34,6 +34,7 @@ _QUEUE_TIMEOUT = cygrpc.CompletionType.queue_timeout
 _QUEUE_SHUTDOWN = cygrpc.CompletionType.queue_shutdown
 _OK = cygrpc.StatusCode.ok
 _EMPTY = ()
+BRIEF_WAIT_SECONDS = 0.001  # how long the loop waits on the queue alone before it sleeps on both
 _HELPER_POLL_SECONDS = 0.05  # how long the helper's wait lasts before it checks whether it is still wanted
 
 
@@ -79,7 +80,10 @@ class ServerCall(grpc.aio.ServicerContext):
         self._waiting: asyncio.Future[Any] | None = None
         self._task: asyncio.Task[Any] | None = None
         self._read_future: asyncio.Future[Any] | None = None
-        self._write_future: asyncio.Future[None] | None = None
+        self._sending = False  # a send is with core
+        self._send_failed = False
+        self._send_waiter: asyncio.Future[None] | None = None  # writes waiting for that send to end
+        self._status_after_send: tuple[grpc.StatusCode, str] | None = None
         self._done_callbacks: list[Callable[[Any], None]] = []
 
     # -- the servicer context -------------------------------------------------------------
@@ -128,12 +132,6 @@ class ServerCall(grpc.aio.ServicerContext):
     def trailing_metadata(self) -> tuple[tuple[str, Any], ...]:
         return self._trailing
 
-    async def send_initial_metadata(self, initial_metadata: Any) -> None:
-        if self._initial_sent:
-            raise RuntimeError("initial metadata was already sent")
-        self._initial_sent = True
-        await self._batch((cygrpc.SendInitialMetadataOperation(tuple(initial_metadata), _NO_FLAGS),))
-
     def cancelled(self) -> bool:
         return self.cancelled_by_client
 
@@ -169,26 +167,35 @@ class ServerCall(grpc.aio.ServicerContext):
         return self._handler.request_deserializer(data)
 
     async def write(self, message: Any) -> None:
+        """Queue a message: it is handed to core at once, unless the one before is still being sent,
+        which this waits for (core takes one send at a time; this is the stream's back-pressure)."""
         assert self._handler is not None
         data = self._handler.response_serializer(message)
-        while self._write_future is not None:  # one send at a time, in the order they were asked for
-            await asyncio.shield(self._write_future)
+        while self._sending:
+            if self._send_waiter is None:
+                self._send_waiter = self._engine.loop.create_future()
+            await asyncio.shield(self._send_waiter)
+        if self._send_failed:
+            raise asyncio.CancelledError()
         if self._initial_sent:
             ops: tuple[Any, ...] = (cygrpc.SendMessageOperation(data, _NO_FLAGS),)
         else:
             self._initial_sent = True
             ops = (cygrpc.SendInitialMetadataOperation(_EMPTY, _NO_FLAGS),
                    cygrpc.SendMessageOperation(data, _NO_FLAGS))
-        await self._batch(ops)
+        self._sending = True
+        self._start(ops, self._on_sent)
 
-    async def _batch(self, ops: tuple[Any, ...]) -> None:
-        future = self._engine.loop.create_future()
-        self._write_future = future
-        self._start(ops, self._on_written)
-        try:
-            await future
-        finally:
-            self._write_future = None
+    async def send_initial_metadata(self, initial_metadata: Any) -> None:
+        if self._initial_sent:
+            raise RuntimeError("initial metadata was already sent")
+        while self._sending:
+            if self._send_waiter is None:
+                self._send_waiter = self._engine.loop.create_future()
+            await asyncio.shield(self._send_waiter)
+        self._initial_sent = True
+        self._sending = True
+        self._start((cygrpc.SendInitialMetadataOperation(tuple(initial_metadata), _NO_FLAGS),), self._on_sent)
 
     async def requests(self) -> AsyncIterator[Any]:
         while True:
@@ -216,14 +223,17 @@ class ServerCall(grpc.aio.ServicerContext):
             return
         future.set_result(event.batch_operations[0].message())
 
-    def _on_written(self, event: Any) -> None:
-        future = self._write_future
-        if future is None or future.done():
-            return
+    def _on_sent(self, event: Any) -> None:
+        self._sending = False
         if event is None or not event.success:
-            future.set_exception(asyncio.CancelledError())
-            return
-        future.set_result(None)
+            self._send_failed = True  # the call is over; the next write says so
+        waiter, self._send_waiter = self._send_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._status_after_send is not None:
+            code, details = self._status_after_send
+            self._status_after_send = None
+            self._finish_status(code, details)
 
     def _on_close(self, event: Any) -> None:
         if event is not None and event.success and not event.batch_operations[0].cancelled():
@@ -233,7 +243,7 @@ class ServerCall(grpc.aio.ServicerContext):
             self._task.cancel()
         elif self._waiting is not None:
             self._waiting.cancel()
-        for future in (self._read_future, self._write_future):
+        for future in (self._read_future, self._send_waiter):
             if future is not None and not future.done():
                 future.set_exception(asyncio.CancelledError())
 
@@ -374,6 +384,9 @@ class ServerCall(grpc.aio.ServicerContext):
             self._finish_status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
 
     def _finish_status(self, code: grpc.StatusCode, details: str) -> None:
+        if self._sending:  # after the last message, which core is still sending
+            self._status_after_send = (code, details)
+            return
         ops: list[Any] = []
         if not self._initial_sent:
             self._initial_sent = True
@@ -408,6 +421,13 @@ class CompletionQueueSelector(selectors.EpollSelector):
         for engine in engines:
             served += engine.serve_ready()
         if served or (timeout is not None and timeout <= 0):
+            return super().select(0)
+        # a client's next call usually follows within a millisecond: wait for it on the queue itself,
+        # which costs no thread hand-off (file descriptors wait as long meanwhile, at most)
+        brief = BRIEF_WAIT_SECONDS if timeout is None else min(timeout, BRIEF_WAIT_SECONDS)
+        if engines[0].serve_next(brief):
+            for engine in engines:
+                engine.serve_ready()
             return super().select(0)
         for engine in engines:
             engine.helper_watch(True)
@@ -489,6 +509,15 @@ class GrpcEngine:
                 return served
             self._dispatch(event)
             served += 1
+
+    def serve_next(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for an event and serve it; whether one came."""
+        event = self._cq.poll(time.time() + seconds)
+        kind = event.completion_type
+        if kind is _QUEUE_TIMEOUT or kind is _QUEUE_SHUTDOWN:
+            return False
+        self._dispatch(event)
+        return True
 
     def helper_watch(self, wanted: bool) -> None:
         if wanted:

@@ -1,0 +1,158 @@
+"""The gRPC engine (``server/engine.py``) and the client-port splice (``server/splice.py``).
+
+Everything else in the suite runs through them too; these tests cover what it would not reach:
+the engine on an event loop other than its own (the helper thread then carries every event),
+big messages in both directions through the splice with many connections at once, a client that
+cancels a waiting call and a streaming one, and a stop with calls still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from harness import EtcdProcess, free_port
+
+from etcdlite import engine
+from etcdlite.app import EtcdServer
+from etcdlite.config import from_args
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
+from etcdlite.pb.v3lockpb import v3lock_pb2 as lpb
+from etcdlite.pb.v3lockpb import v3lock_pb2_grpc as lrpc
+
+
+async def _exercise(endpoint: str) -> list[object]:
+    """Unary, server-waiting, bidi and cancelled calls; returns what they answered."""
+    seen: list[object] = []
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        kv, lease, watch = rpc.KVStub(channel), rpc.LeaseStub(channel), rpc.WatchStub(channel)
+        await kv.Put(pb.PutRequest(key=b"k", value=b"v1"))
+        seen.append((await kv.Range(pb.RangeRequest(key=b"k"))).kvs[0].value)
+
+        stream = watch.Watch()
+        await stream.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"k")))
+        seen.append((await stream.read()).created)
+        await kv.Put(pb.PutRequest(key=b"k", value=b"v2"))
+        event = (await stream.read()).events[0]
+        seen.append((event.type, event.kv.value))
+        stream.cancel()
+
+        granted = await lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30))
+        keep = lease.LeaseKeepAlive()
+        for _ in range(3):
+            await keep.write(pb.LeaseKeepAliveRequest(ID=granted.ID))
+            seen.append((await keep.read()).TTL)
+        keep.cancel()
+
+        # a unary call that waits in the server (a lock held by someone else), given up by its client
+        lock = lrpc.LockStub(channel)
+        held = await lock.Lock(lpb.LockRequest(name=b"l", lease=granted.ID))
+        other = await lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30))
+        waiting = asyncio.ensure_future(lock.Lock(lpb.LockRequest(name=b"l", lease=other.ID)))
+        await asyncio.sleep(0.3)
+        waiting.cancel()
+        await asyncio.sleep(0.3)
+        keys = await kv.Range(pb.RangeRequest(key=b"l/", range_end=b"l0", keys_only=True))
+        seen.append([k.key == held.key for k in keys.kvs])
+        try:
+            await kv.Range(pb.RangeRequest(key=b""))
+        except grpc.aio.AioRpcError as exc:
+            seen.append((exc.code(), exc.details()))
+    return seen
+
+
+EXPECTED = [b"v1", True, (0, b"v2"), 30, 30, 30, [True],
+            (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided")]
+
+
+@pytest.mark.parametrize("loop_factory", [engine.new_event_loop, asyncio.new_event_loop],
+                         ids=["engine-loop", "plain-asyncio-loop"])
+def test_engine_serves_on_its_loop_and_on_any_other(tmp_path: Path, loop_factory) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cfg, _ = from_args(["--data-dir", str(tmp_path / "data"), "--listen-client-urls", url,
+                        "--advertise-client-urls", url, "--client-http-mux=false"], environ={})
+
+    async def main() -> list[object]:
+        server = EtcdServer(cfg)
+        await server.start()
+        try:
+            return await asyncio.wait_for(_exercise(f"127.0.0.1:{port}"), 30)
+        finally:
+            server.close()
+            await asyncio.wait_for(server.wait_closed(), 10)
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        assert runner.run(main()) == EXPECTED
+
+
+def test_stop_with_open_streams_and_waiting_calls(tmp_path: Path) -> None:
+    srv = EtcdProcess("etcdlite", tmp_path / "data").start()
+    stop = threading.Event()
+
+    def hold_open() -> None:
+        async def run() -> None:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+                stream = rpc.WatchStub(channel).Watch()
+                await stream.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"w")))
+                await stream.read()
+                lease = await rpc.LeaseStub(channel).LeaseGrant(pb.LeaseGrantRequest(TTL=30))
+                lock = lrpc.LockStub(channel)
+                await lock.Lock(lpb.LockRequest(name=b"l", lease=lease.ID))
+                blocked = asyncio.ensure_future(lock.Lock(lpb.LockRequest(name=b"l")))
+                while not stop.is_set():
+                    await asyncio.sleep(0.05)
+                blocked.cancel()
+        asyncio.run(run())
+
+    client = threading.Thread(target=hold_open)
+    client.start()
+    try:
+        import time
+        time.sleep(1.0)
+        started = time.monotonic()
+        srv.proc.terminate()
+        assert srv.proc.wait(10) == 0
+        # the waiting Lock call is cancelled after the 1 s grace; nothing else holds the stop up
+        assert time.monotonic() - started < 3.0
+    finally:
+        stop.set()
+        client.join(10)
+        srv.stop()
+
+
+def test_big_messages_through_the_client_port_splice(tmp_path: Path) -> None:
+    """Default flags: gRPC reaches the server through the mux's splice thread. 1 MiB values both ways
+    on 8 connections at once, while HTTP/1.1 is served on the same port."""
+    srv = EtcdProcess("etcdlite", tmp_path / "data", args=["--unsafe-no-fsync"]).start()
+    try:
+        async def one(i: int) -> bool:
+            value = hashlib.sha256(str(i).encode()).digest() * (1 << 15)  # 1 MiB
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+                kv = rpc.KVStub(channel)
+                for round_ in range(3):
+                    await kv.Put(pb.PutRequest(key=b"big/%d/%d" % (i, round_), value=value))
+                got = await kv.Range(pb.RangeRequest(key=b"big/%d/" % i, range_end=b"big/%d0" % i))
+                return [kv_.value for kv_ in got.kvs] == [value] * 3
+
+        async def http_health() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            body = await reader.read()
+            writer.close()
+            return body
+
+        async def main() -> tuple[list[bool], bytes]:
+            results = await asyncio.gather(*(one(i) for i in range(8)), http_health())
+            return list(results[:8]), results[8]
+
+        ok, health = asyncio.run(main())
+        assert ok == [True] * 8
+        assert health.startswith(b"HTTP/1.1 200") and b'"health":"true"' in health
+    finally:
+        srv.stop()
