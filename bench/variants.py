@@ -1,11 +1,12 @@
 """Event loop and gRPC-setting experiments, side by side with etcd in one run.
 
-Each variant is an etcdlite started by bench/variant_server.py (``base``: as shipped; ``uvloop``;
-``opt:grpc.NAME=VALUE``; ``env:NAME=VALUE``; ``src:DIR``: another tree's code; joined with ``+``).
+Each variant is an etcdlite started by bench/variant_server.py (``base``: as shipped;
+``opt:grpc.NAME=VALUE``; ``env:NAME=VALUE``; ``flag:--NAME=VALUE``; ``thread-sync``; ``src:DIR``: another
+tree's code; joined with ``+``).
 The first variant is the reference the others' CPU per request is compared with.  Every workload runs on every
 server in turn, ``--rounds`` times (best of), so drift on a shared machine hits all alike.
 
-    python bench/variants.py [--variants base,uvloop,...] [--rounds 2] [--out FILE]
+    python bench/variants.py [--variants base,flag:--client-http-mux=false,...] [--rounds 2] [--out FILE]
 """
 
 from __future__ import annotations
@@ -25,12 +26,9 @@ HERE = Path(__file__).resolve().parent
 
 DEFAULT_VARIANTS = [
     "base",
-    "uvloop",
-    "opt:grpc.http2.max_frame_size=1048576",
-    "opt:grpc.http2.bdp_probe=0",
-    "opt:grpc.optimization_target=throughput",
-    "opt:grpc.max_concurrent_streams=100",
-    "env:GRPC_EXPERIMENTS=-event_engine_listener",
+    "flag:--client-http-mux=false",
+    "thread-sync",
+    "env:GRPC_EXPERIMENTS=",
 ]
 
 

@@ -63,28 +63,30 @@ class CallAbort(grpc.aio.AbortError):
 class ServerCall(grpc.aio.ServicerContext):
     """One RPC: the servicer context handed to a handler, and the driver of its handler."""
 
+    # a call's state; the class holds each field's starting value, so a call only sets what changes
+    _code: grpc.StatusCode | None = None
+    _details = ""
+    _trailing: tuple[tuple[str, Any], ...] = _EMPTY
+    _initial_sent = False
+    _close_watched = False  # a ReceiveCloseOnServer op is with core
+    cancelled_by_client = False
+    _finished = False
+    _coro: Any = None  # a unary handler, driven by _step
+    _waiting: asyncio.Future[Any] | None = None  # what it waits for
+    _task: asyncio.Task[Any] | None = None  # a streaming handler
+    _read_future: asyncio.Future[Any] | None = None
+    _sending = False  # a send is with core
+    _send_failed = False
+    _send_waiter: asyncio.Future[None] | None = None  # writes waiting for that send to end
+    _status_after_send: tuple[grpc.StatusCode, str] | None = None
+    _done_callbacks: tuple[Callable[[Any], None], ...] = ()
+
     def __init__(self, engine: GrpcEngine, event: Any, handler: grpc.RpcMethodHandler | None) -> None:
         self._engine = engine
+        self._event = event
         self._call = event.call
-        self._metadata: tuple[tuple[str, Any], ...] = tuple(event.invocation_metadata)
         self.method: bytes = event.call_details.method
         self._handler = handler
-        self._code: grpc.StatusCode | None = None
-        self._details = ""
-        self._trailing: tuple[tuple[str, Any], ...] = _EMPTY
-        self._initial_sent = False
-        self._close_watched = False
-        self.cancelled_by_client = False
-        self._finished = False
-        self._coro: Any = None
-        self._waiting: asyncio.Future[Any] | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._read_future: asyncio.Future[Any] | None = None
-        self._sending = False  # a send is with core
-        self._send_failed = False
-        self._send_waiter: asyncio.Future[None] | None = None  # writes waiting for that send to end
-        self._status_after_send: tuple[grpc.StatusCode, str] | None = None
-        self._done_callbacks: list[Callable[[Any], None]] = []
 
     # -- the servicer context -------------------------------------------------------------
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = _EMPTY) -> NoReturn:
@@ -97,7 +99,7 @@ class ServerCall(grpc.aio.ServicerContext):
         await self.abort(status.code, status.details, status.trailing_metadata)
 
     def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
-        return self._metadata
+        return tuple(self._event.invocation_metadata)
 
     def peer(self) -> str:
         peer = self._call.peer()
@@ -139,7 +141,7 @@ class ServerCall(grpc.aio.ServicerContext):
         return self._finished
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        self._done_callbacks.append(callback)
+        self._done_callbacks = (*self._done_callbacks, callback)
 
     def time_remaining(self) -> float | None:
         return None
@@ -249,8 +251,11 @@ class ServerCall(grpc.aio.ServicerContext):
 
     def _on_finished(self, event: Any) -> None:
         self._finished = True
-        if event is not None and event.success and len(event.batch_operations) == 4:
-            if event.batch_operations[3].cancelled():
+        if event is None or not event.success:
+            self.cancelled_by_client = True
+        else:
+            close = event.batch_operations[-1]  # when the batch carried one, it is the last op
+            if type(close) is cygrpc.ReceiveCloseOnServerOperation and close.cancelled():
                 self.cancelled_by_client = True
         self._engine.call_ended(self)
         for callback in self._done_callbacks:
@@ -258,7 +263,7 @@ class ServerCall(grpc.aio.ServicerContext):
                 callback(self)
             except Exception:  # noqa: BLE001 - one callback's failure must not stop the others
                 log.exception("a call's done callback failed")
-        self._done_callbacks.clear()
+        self._done_callbacks = ()
 
     # -- starting and ending ------------------------------------------------------------
     def begin(self) -> None:
@@ -528,7 +533,7 @@ class GrpcEngine:
     def _helper_run(self) -> None:
         cq = self._cq
         wanted = self._helper_wanted
-        while not self._closing:
+        while True:  # until the queue is shut down: the events of a stopping server still need serving
             if not wanted.wait(0.5):
                 continue
             event = cq.poll(time.time() + _HELPER_POLL_SECONDS)
