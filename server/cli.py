@@ -110,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"etcdlite Version: {__version__}\nAPI Version: {API_VERSION}\nPython Version: {sys.version.split()[0]}")
         return 0
     _setup_logging(cfg)
-    if os.environ.get("ETCDLITE_SWITCH_INTERVAL"):
-        sys.setswitchinterval(float(os.environ["ETCDLITE_SWITCH_INTERVAL"]))
     from .wal import StorageError
 
     try:
