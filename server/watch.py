@@ -336,6 +336,10 @@ class WatchStream:
                 self._hub.kick()
         return resp
 
+    def wake(self) -> None:
+        """Wake the consumer with nothing queued (it has something else to look at)."""
+        self._ready.set()
+
     async def wait_ready(self) -> None:
         """Until something is queued or the stream is closed."""
         await self._ready.wait()

@@ -120,6 +120,7 @@ class _WatchSession:
         self._interval = interval
         self._max_bytes = max_bytes
         self._progress: dict[Watcher, bool] = {}  # progress_notify watchers: is a notification due?
+        self._tick_due = False
 
     # -- requests -------------------------------------------------------------------------
     async def recv_loop(self, requests: AsyncIterator[pb.WatchRequest]) -> None:
@@ -151,25 +152,32 @@ class _WatchSession:
 
     # -- responses ------------------------------------------------------------------------
     async def send_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         stream = self._stream
+        # one timer per interval wakes the loop for the progress tick, rather than a timeout per wait
         interval = self._tick_interval()
-        next_tick = loop.time() + interval
-        while True:
-            if loop.time() >= next_tick:
-                self._progress_tick()
-                next_tick = loop.time() + interval
-            resp = stream.pop()
-            if resp is None:
-                if stream.closed:
-                    return
-                try:
-                    async with asyncio.timeout(max(0.0, next_tick - loop.time())):
-                        await stream.wait_ready()
-                except TimeoutError:
-                    pass
-                continue
-            await self._deliver(resp)
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            nonlocal timer
+            self._tick_due = True
+            stream.wake()
+            timer = loop.call_later(interval, tick)
+
+        timer = loop.call_later(interval, tick)
+        try:
+            while True:
+                if self._tick_due:
+                    self._tick_due = False
+                    self._progress_tick()
+                resp = stream.pop()
+                if resp is None:
+                    if stream.closed:
+                        return
+                    await stream.wait_ready()
+                    continue
+                await self._deliver(resp)
+        finally:
+            timer.cancel()
 
     def _tick_interval(self) -> float:
         # etcd adds up to 10% jitter, once per stream, so streams opened together do not report together
