@@ -34,6 +34,7 @@ _QUEUE_TIMEOUT = cygrpc.CompletionType.queue_timeout
 _QUEUE_SHUTDOWN = cygrpc.CompletionType.queue_shutdown
 _OK = cygrpc.StatusCode.ok
 _EMPTY = ()
+MAX_EVENTS_PER_SELECT = 256  # a queue that never empties under load must not starve the loop's timers
 BRIEF_WAIT_SECONDS = 0.001  # how long the loop waits on the queue alone before it sleeps on both
 _HELPER_POLL_SECONDS = 0.05  # how long the helper's wait lasts before it checks whether it is still wanted
 
@@ -500,20 +501,22 @@ class GrpcEngine:
 
     # -- events -----------------------------------------------------------------------------
     def serve_ready(self) -> int:
-        """Serve every event that is ready now, without waiting; how many there were."""
+        """Serve the events that are ready now, without waiting (at most MAX_EVENTS_PER_SELECT, so
+        the loop's own callbacks and timers run between); how many there were."""
         served = 0
         handoff = self._handoff
         while handoff:
             self._dispatch(handoff.popleft())
             served += 1
         poll = self._cq.poll
-        while True:
+        while served < MAX_EVENTS_PER_SELECT:
             event = poll(0)
             kind = event.completion_type
             if kind is _QUEUE_TIMEOUT or kind is _QUEUE_SHUTDOWN:
                 return served
             self._dispatch(event)
             served += 1
+        return served
 
     def serve_next(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for an event and serve it; whether one came."""
@@ -534,7 +537,8 @@ class GrpcEngine:
         cq = self._cq
         wanted = self._helper_wanted
         while True:  # until the queue is shut down: the events of a stopping server still need serving
-            if not wanted.wait(0.5):
+            # once the queue is closing, the loop waits in join() for this thread to drain it
+            if not self.queue_closed and not wanted.wait(0.5):
                 continue
             event = cq.poll(time.time() + _HELPER_POLL_SECONDS)
             kind = event.completion_type
@@ -543,7 +547,7 @@ class GrpcEngine:
             if kind is _QUEUE_SHUTDOWN:
                 return
             self._handoff.append(event)
-            if self._selector is not None:
+            if self._selector is not None and not self.queue_closed:
                 wanted.clear()  # the loop takes over once it is awake
             try:
                 os.write(self._wake_w, b"\0")
