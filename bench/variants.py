@@ -68,7 +68,8 @@ def main() -> None:
     ]
     if opts.only:
         loads = [w for w in loads if any(w.name.startswith(p) for p in opts.only.split(","))]
-    variants = [v for v in opts.variants.split(",") if v]
+    sep = ";" if ";" in opts.variants else ","  # ";" lets a variant hold commas (GRPC_EXPERIMENTS lists)
+    variants = [v for v in opts.variants.split(sep) if v]
     best: dict[tuple[str, str], Result] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -95,9 +95,6 @@ def snapshot_restore(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     # gRPC core would log bind failures itself; etcdlite reports them in etcd's words
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    # gRPC core's older TCP listener/endpoint instead of the EventEngine one: 5-35% less CPU per
-    # request, in three side-by-side runs of bench/variants.py (README, Performance)
-    os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_listener")
     args = sys.argv[1:] if argv is None else argv
     if args[:2] == ["snapshot", "restore"]:
         return snapshot_restore(args[2:])
