@@ -159,3 +159,52 @@ def test_big_messages_through_the_client_port_splice(tmp_path: Path, python_loop
         assert health.startswith(b"HTTP/1.1 200") and b'"health":"true"' in health
     finally:
         srv.stop()
+
+
+def test_cancellations_and_deadlines_under_load_leave_the_server_healthy(tmp_path: Path) -> None:
+    """400 calls at once, many given up mid-flight (deadlines shorter than a log sync, streams cancelled
+    before or after their first answer): every failure is the client's own DEADLINE_EXCEEDED/CANCELLED,
+    the server answers normally afterwards, logs no error and stops cleanly."""
+    import random
+
+    srv = EtcdProcess("etcdlite", tmp_path / "data").start()
+    try:
+        async def main() -> bytes:
+            rng = random.Random(7)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+                kv, watch, lease = rpc.KVStub(channel), rpc.WatchStub(channel), rpc.LeaseStub(channel)
+
+                async def one(i: int) -> None:
+                    try:
+                        if i % 4 == 0:
+                            await kv.Put(pb.PutRequest(key=b"c/%d" % i, value=b"x"),
+                                         timeout=rng.choice([0.0005, 0.002, 10]))
+                        elif i % 4 == 1:
+                            await kv.Range(pb.RangeRequest(key=b"c/", range_end=b"c0"),
+                                           timeout=rng.choice([0.0005, 10]))
+                        elif i % 4 == 2:
+                            stream = watch.Watch()
+                            await stream.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"c/")))
+                            if rng.random() < 0.5:
+                                await stream.read()
+                            stream.cancel()
+                        else:
+                            granted = await lease.LeaseGrant(pb.LeaseGrantRequest(TTL=5))
+                            keep = lease.LeaseKeepAlive()
+                            await keep.write(pb.LeaseKeepAliveRequest(ID=granted.ID))
+                            if rng.random() < 0.5:
+                                await keep.read()
+                            keep.cancel()
+                    except grpc.aio.AioRpcError as exc:
+                        assert exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED), exc
+
+                await asyncio.gather(*(one(i) for i in range(400)))
+                await kv.Put(pb.PutRequest(key=b"after", value=b"ok"))
+                return (await kv.Range(pb.RangeRequest(key=b"after"))).kvs[0].value
+
+        assert asyncio.run(main()) == b"ok"
+        assert srv.stop(timeout=10) == 0
+        log = srv.log()
+        assert "Traceback" not in log and '"level": "error"' not in log, log[-3000:]
+    finally:
+        srv.stop()
