@@ -173,7 +173,10 @@ class ServerCall(grpc.aio.ServicerContext):
         """Queue a message: it is handed to core at once, unless the one before is still being sent,
         which this waits for (core takes one send at a time; this is the stream's back-pressure)."""
         assert self._handler is not None
-        data = self._handler.response_serializer(message)
+        await self.write_serialized(self._handler.response_serializer(message))
+
+    async def write_serialized(self, data: bytes) -> None:
+        """``write`` for a message that is already encoded."""
         while self._sending:
             if self._send_waiter is None:
                 self._send_waiter = self._engine.loop.create_future()

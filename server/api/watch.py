@@ -10,9 +10,11 @@ canceled when the RPC ends.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -107,12 +109,50 @@ async def send_fragments(wr: pb.WatchResponse, max_bytes: int, send: Send) -> No
             return
 
 
+def _watch_id_field(watch_id: int) -> bytes:
+    """WatchResponse.watch_id (field 2, varint) on the wire; proto3 leaves out a zero."""
+    if not watch_id:
+        return b""
+    out = bytearray(b"\x10")
+    value = watch_id & 0xFFFFFFFFFFFFFFFF  # int64: a negative id is ten bytes, as protobuf writes it
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class EncodedEvents:
+    """Recently encoded event bodies, by header revision, events and prev_kv, for all the streams of a
+    server. An entry keeps its events alive, so the ids in its key cannot be reused meanwhile."""
+
+    SIZE = 256
+
+    def __init__(self) -> None:
+        self._entries: collections.OrderedDict[tuple[Any, ...], tuple[bytes, list[KeyValue]]] = \
+            collections.OrderedDict()
+
+    def get(self, revision: int, events: list[KeyValue], with_prev: bool,
+            encode: Callable[[int, list[KeyValue], bool], bytes]) -> bytes:
+        key = (revision, with_prev, *map(id, events))
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = (encode(revision, events, with_prev), events)
+            self._entries[key] = entry
+            if len(self._entries) > self.SIZE:
+                self._entries.popitem(last=False)
+        return entry[0]
+
+
 class _WatchSession:
     """One Watch RPC: its hub stream, reader and sender."""
 
     def __init__(self, node: Node, stream: WatchStream, send: Send, interval: float, max_bytes: int,
-                 context: grpc.aio.ServicerContext | None = None) -> None:
+                 context: grpc.aio.ServicerContext | None = None, encoded: EncodedEvents | None = None) -> None:
         self._node = node
+        # the engine's calls take ready-made bytes; the HTTP gateway's take messages (it writes JSON)
+        self._send_serialized = getattr(context, "write_serialized", None) if encoded is not None else None
+        self._encoded = encoded if encoded is not None else EncodedEvents()
         self._context = context  # the RPC's credentials, for the permission check of each create
         self._store = node.store
         self._stream = stream
@@ -190,8 +230,16 @@ class _WatchSession:
             self._progress[w] = True
 
     async def _deliver(self, resp: WatchResponse) -> None:
-        wr = self._to_pb(resp)
         w = resp.watcher
+        if (self._send_serialized is not None and w is not None and resp.events and not resp.control
+                and not w.spec.fragment and not (resp.canceled or resp.compact_revision or resp.cancel_reason)):
+            # the same events go to every stream that watches them: encoded once, only the id differs
+            body = self._encoded.get(resp.revision, resp.events, w.spec.prev_kv, self._encode_body)
+            await self._send_serialized(_watch_id_field(resp.watch_id) + body)
+            if w in self._progress:
+                self._progress[w] = False
+            return
+        wr = self._to_pb(resp)
         if resp.control or w is None:
             await self._send(wr)
             return
@@ -228,6 +276,20 @@ class _WatchSession:
                 self._event(add(), kv, with_prev)
         return wr
 
+    def _encode_body(self, revision: int, events: list[KeyValue], with_prev: bool) -> bytes:
+        """The header and events of an event response, serialized (fields 1 and 11)."""
+        node = self._node
+        wr = pb.WatchResponse()
+        header = wr.header
+        header.cluster_id = node.cluster_id
+        header.member_id = node.member_id
+        header.raft_term = node.raft_term
+        header.revision = revision
+        add = wr.events.add
+        for kv in events:
+            self._event(add(), kv, with_prev)
+        return wr.SerializeToString()
+
     def _event(self, ev: kv_pb2.Event, kv: KeyValue, with_prev: bool) -> None:
         if kv.version == 0:  # a tombstone
             ev.type = kv_pb2.Event.DELETE
@@ -245,10 +307,12 @@ class WatchService:
         self._interval = progress_interval(node.config.watch_progress_notify_interval)
         # etcd fragments at the gRPC receive limit: max-request-bytes plus gRPC's overhead allowance
         self._max_bytes = node.config.grpc_max_receive_bytes
+        self._encoded = EncodedEvents()
 
     async def watch(self, requests: AsyncIterator[pb.WatchRequest], context: grpc.aio.ServicerContext) -> None:
         stream = self._hub.new_stream()
-        session = _WatchSession(self._node, stream, context.write, self._interval, self._max_bytes, context)
+        session = _WatchSession(self._node, stream, context.write, self._interval, self._max_bytes, context,
+                                self._encoded)
         sender = asyncio.create_task(session.send_loop(), name="watch-send")
         reader = asyncio.create_task(session.recv_loop(requests), name="watch-recv")
         try:
