@@ -32,7 +32,6 @@ log = logging.getLogger("etcdlite.engine")
 _NO_FLAGS = 0
 _QUEUE_TIMEOUT = cygrpc.CompletionType.queue_timeout
 _QUEUE_SHUTDOWN = cygrpc.CompletionType.queue_shutdown
-_OK = cygrpc.StatusCode.ok
 _EMPTY = ()
 MAX_EVENTS_PER_SELECT = 256  # a queue that never empties under load must not starve the loop's timers
 BRIEF_WAIT_SECONDS = 0.001  # how long the loop waits on the queue alone before it sleeps on both
@@ -245,10 +244,7 @@ class ServerCall(grpc.aio.ServicerContext):
         if event is not None and event.success and not event.batch_operations[0].cancelled():
             return  # the client saw the status
         self.cancelled_by_client = True
-        if self._task is not None:
-            self._task.cancel()
-        elif self._waiting is not None:
-            self._waiting.cancel()
+        self.cancel()
         for future in (self._read_future, self._send_waiter):
             if future is not None and not future.done():
                 future.set_exception(asyncio.CancelledError())
@@ -368,17 +364,8 @@ class ServerCall(grpc.aio.ServicerContext):
         code = self._code or grpc.StatusCode.OK
         if code is not grpc.StatusCode.OK:  # set_code without abort: status only, as grpc does
             self._finish_status(code, self._details)
-            return
-        ops: list[Any] = []
-        if not self._initial_sent:
-            self._initial_sent = True
-            ops.append(cygrpc.SendInitialMetadataOperation(_EMPTY, _NO_FLAGS))
-        ops.append(cygrpc.SendMessageOperation(data, _NO_FLAGS))
-        ops.append(cygrpc.SendStatusFromServerOperation(self._trailing, _OK, b"", _NO_FLAGS))
-        if not self._close_watched:
-            self._close_watched = True
-            ops.append(cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS))
-        self._start(tuple(ops), self._on_finished)
+        else:
+            self._finish_status(code, "", data)
 
     def _finish_error(self, exc: BaseException) -> None:
         if isinstance(exc, grpc.aio.AbortError):
@@ -392,7 +379,8 @@ class ServerCall(grpc.aio.ServicerContext):
             log.error("unexpected error in %s", self.method.decode(errors="replace"), exc_info=exc)
             self._finish_status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
 
-    def _finish_status(self, code: grpc.StatusCode, details: str) -> None:
+    def _finish_status(self, code: grpc.StatusCode, details: str, message: bytes | None = None) -> None:
+        """End the call: its status, after ``message`` (a unary response) if there is one."""
         if self._sending:  # after the last message, which core is still sending
             self._status_after_send = (code, details)
             return
@@ -400,6 +388,8 @@ class ServerCall(grpc.aio.ServicerContext):
         if not self._initial_sent:
             self._initial_sent = True
             ops.append(cygrpc.SendInitialMetadataOperation(_EMPTY, _NO_FLAGS))
+        if message is not None:
+            ops.append(cygrpc.SendMessageOperation(message, _NO_FLAGS))
         ops.append(cygrpc.SendStatusFromServerOperation(self._trailing, _status_code(code),
                                                          details.encode(), _NO_FLAGS))
         if not self._close_watched:
@@ -408,7 +398,7 @@ class ServerCall(grpc.aio.ServicerContext):
         self._start(tuple(ops), self._on_finished)
 
     def cancel(self) -> None:
-        """End the call's handler (server shutdown)."""
+        """End the call's handler (its client went away, or the server stops)."""
         if self._task is not None:
             self._task.cancel()
         elif self._waiting is not None:

@@ -17,7 +17,7 @@ import socket
 from typing import cast
 
 from .httpd import HttpServer
-from .splice import new_splicer
+from .splice import Splicer
 
 log = logging.getLogger("etcdlite.front")
 
@@ -85,7 +85,7 @@ class ClientPortMux:
         self.target = target  # the internal gRPC listener's unix socket path
         self.http = http
         self._servers: list[asyncio.Server] = []
-        self.splicer = new_splicer()
+        self.splicer = Splicer()
 
     async def listen(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()

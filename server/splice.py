@@ -29,7 +29,6 @@ log = logging.getLogger("etcdlite.splice")
 
 _CHUNK = 1 << 16
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-_RETRY = (errno.EAGAIN, errno.EWOULDBLOCK)
 
 
 class _Direction:
@@ -62,65 +61,26 @@ class _Relay:
         return self.up, self.down
 
 
-def new_splicer() -> Splicer | NativeSplicer:
-    if _native is not None and not os.environ.get("ETCDLITE_PY_SPLICE"):
-        return NativeSplicer()
-    return Splicer()
-
-
-class NativeSplicer:
-    """The C loop on its own thread: ``relay(a, b)`` hands it two sockets; ``close()`` cuts every relay."""
-
-    def __init__(self) -> None:
-        assert _native is not None
-        self._ctl_r, self._ctl_w = os.pipe()
-        os.set_blocking(self._ctl_r, False)
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._thread = threading.Thread(target=_native.serve, args=(self._ctl_r,), name="client-mux-splice",
-                                        daemon=True)
-        self._thread.start()
-
-    def relay(self, a: socket.socket, b: socket.socket) -> None:
-        a.setblocking(False)
-        b.setblocking(False)
-        with self._lock:
-            if self._stopping:
-                a.close()
-                b.close()
-                return
-            os.write(self._ctl_w, b"n" + struct.pack("=ii", a.detach(), b.detach()))
-
-    def close(self) -> None:
-        with self._lock:
-            if self._stopping:
-                return
-            self._stopping = True
-            os.write(self._ctl_w, b"q" + bytes(8))
-        self._thread.join()
-        os.close(self._ctl_r)
-        os.close(self._ctl_w)
+_MESSAGE = struct.Struct("=cii")  # the control pipe, as _splice.c reads it: b"n" + two fds, or b"q"
 
 
 class Splicer:
-    """The same loop in Python: ``relay(a, b)``; ``close()`` cuts every relay and stops."""
+    """Owns the relay thread: ``relay(a, b)`` hands it two connected sockets (closed when either side
+    ends); ``close()`` cuts every relay and stops it. The thread runs the C loop, or the Python one."""
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()
         self._ctl_r, self._ctl_w = os.pipe()
         os.set_blocking(self._ctl_r, False)
-        self._epoll.register(self._ctl_r, select.EPOLLIN)
-        self._by_fd: dict[int, tuple[_Relay, socket.socket]] = {}
-        self._masks: dict[int, int] = {}
         self._lock = threading.Lock()
-        self._incoming: list[tuple[socket.socket, socket.socket]] = []
-        self._relays: set[_Relay] = set()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="client-mux-splice", daemon=True)
+        if _native is not None and not os.environ.get("ETCDLITE_PY_SPLICE"):
+            serve = _native.serve
+        else:
+            serve = _serve
+        self._thread = threading.Thread(target=serve, args=(self._ctl_r,), name="client-mux-splice", daemon=True)
         self._thread.start()
 
     def relay(self, a: socket.socket, b: socket.socket) -> None:
-        """Relay between two connected sockets (taken over: closed when either side ends)."""
         a.setblocking(False)
         b.setblocking(False)
         with self._lock:
@@ -128,26 +88,38 @@ class Splicer:
                 a.close()
                 b.close()
                 return
-            self._incoming.append((a, b))
-        os.write(self._ctl_w, b"n")
+            os.write(self._ctl_w, _MESSAGE.pack(b"n", a.detach(), b.detach()))
 
     def close(self) -> None:
         with self._lock:
             if self._stopping:
                 return
             self._stopping = True
-        os.write(self._ctl_w, b"q")
+            os.write(self._ctl_w, _MESSAGE.pack(b"q", -1, -1))
         self._thread.join()
         os.close(self._ctl_r)
         os.close(self._ctl_w)
-        self._epoll.close()
 
-    # -- the thread ----------------------------------------------------------------------
-    def _run(self) -> None:
+
+def _serve(ctl_fd: int) -> None:
+    """The Python loop: what ``_splice.serve`` does, where the extension was not built."""
+    _PythonLoop(ctl_fd).serve()
+
+
+class _PythonLoop:
+    def __init__(self, ctl_fd: int) -> None:
+        self._ctl_fd = ctl_fd
+        self._epoll = select.epoll()
+        self._epoll.register(ctl_fd, select.EPOLLIN)
+        self._by_fd: dict[int, tuple[_Relay, socket.socket]] = {}
+        self._masks: dict[int, int] = {}
+        self._relays: set[_Relay] = set()
+
+    def serve(self) -> None:
         try:
             while True:
                 for fd, mask in self._epoll.poll():
-                    if fd == self._ctl_r:
+                    if fd == self._ctl_fd:
                         if self._control():
                             return
                         continue
@@ -157,23 +129,26 @@ class Splicer:
         finally:
             for relay in list(self._relays):
                 self._close(relay)
+            self._epoll.close()
 
     def _control(self) -> bool:
+        """Take the relays handed over; whether to stop."""
         try:
-            os.read(self._ctl_r, 4096)
+            data = os.read(self._ctl_fd, _MESSAGE.size * 64)
         except BlockingIOError:
-            pass
-        with self._lock:
-            incoming, self._incoming = self._incoming, []
-            stopping = self._stopping
-        for a, b in incoming:
-            relay = _Relay(a, b)
+            return False
+        if not data:
+            return True  # the owner is gone
+        for op, a, b in _MESSAGE.iter_unpack(data):  # writes of one message each are atomic
+            if op == b"q":
+                return True
+            relay = _Relay(socket.socket(fileno=a), socket.socket(fileno=b))
             self._relays.add(relay)
-            for sock in (a, b):
+            for sock in (relay.a, relay.b):
                 self._by_fd[sock.fileno()] = (relay, sock)
                 self._masks[sock.fileno()] = select.EPOLLIN
                 self._epoll.register(sock.fileno(), select.EPOLLIN)
-        return stopping
+        return False
 
     def _on_ready(self, relay: _Relay, sock: socket.socket, mask: int) -> None:
         if mask & select.EPOLLERR or (mask & select.EPOLLHUP and not self._masks.get(sock.fileno())):

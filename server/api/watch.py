@@ -252,7 +252,6 @@ class _WatchSession:
 
     def _to_pb(self, resp: WatchResponse) -> pb.WatchResponse:
         # built a field at a time, events in place: far cheaper with upb than keyword construction
-        node = self._node
         wr = pb.WatchResponse()
         if resp.watch_id:
             wr.watch_id = resp.watch_id
@@ -264,22 +263,17 @@ class _WatchSession:
             wr.cancel_reason = resp.cancel_reason
         if resp.compact_revision:
             wr.compact_revision = resp.compact_revision
-        header = wr.header
-        header.cluster_id = node.cluster_id
-        header.member_id = node.member_id
-        header.raft_term = node.raft_term
-        header.revision = resp.revision
-        if resp.events:
-            with_prev = resp.watcher is not None and resp.watcher.spec.prev_kv
-            add = wr.events.add
-            for kv in resp.events:
-                self._event(add(), kv, with_prev)
+        self._fill_body(wr, resp.revision, resp.events, resp.watcher is not None and resp.watcher.spec.prev_kv)
         return wr
 
     def _encode_body(self, revision: int, events: list[KeyValue], with_prev: bool) -> bytes:
         """The header and events of an event response, serialized (fields 1 and 11)."""
-        node = self._node
         wr = pb.WatchResponse()
+        self._fill_body(wr, revision, events, with_prev)
+        return wr.SerializeToString()
+
+    def _fill_body(self, wr: pb.WatchResponse, revision: int, events: list[KeyValue], with_prev: bool) -> None:
+        node = self._node
         header = wr.header
         header.cluster_id = node.cluster_id
         header.member_id = node.member_id
@@ -288,7 +282,6 @@ class _WatchSession:
         add = wr.events.add
         for kv in events:
             self._event(add(), kv, with_prev)
-        return wr.SerializeToString()
 
     def _event(self, ev: kv_pb2.Event, kv: KeyValue, with_prev: bool) -> None:
         if kv.version == 0:  # a tombstone
