@@ -9,7 +9,7 @@ ARGS ?=
 
 .PHONY: install run test test-server test-clients proto proto-check bench clean crash-test
 
-$(STAMP): pyproject.toml server/_splice.c
+$(STAMP): pyproject.toml server/transport/_splice.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

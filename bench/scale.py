@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from run import BUILD_BENCHMARK, Server, Workload, loadgen_binary, run_tool  # noqa: E402
 
-from etcdlite.kv import KVApplier  # noqa: E402
-from etcdlite.lease import Lessor  # noqa: E402
-from etcdlite.mvcc import MVCCStore  # noqa: E402
+from etcdlite.core.kv import KVApplier  # noqa: E402
+from etcdlite.core.lease import Lessor  # noqa: E402
+from etcdlite.storage.memory.mvcc import MVCCStore  # noqa: E402
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb  # noqa: E402
 
 VALUE = b"v" * 256

@@ -44,7 +44,7 @@ def main() -> int:
     from etcdlite.cli import main as etcdlite_main
 
     if options:
-        from etcdlite import engine
+        from etcdlite.transport import engine
 
         real_init = engine.GrpcEngine.__init__
 
@@ -53,9 +53,9 @@ def main() -> int:
 
         engine.GrpcEngine.__init__ = init
     if thread_sync:
-        import etcdlite.wal
+        import etcdlite.storage.memory.wal
 
-        etcdlite.wal.INLINE_SYNC_MAX_SECONDS = 0.0
+        etcdlite.storage.memory.wal.INLINE_SYNC_MAX_SECONDS = 0.0
     print(f"variant {variant}: etcdlite from {etcdlite.__file__}", file=sys.stderr)
     return etcdlite_main([*rest, *flags])
 

@@ -7,7 +7,7 @@ import logging
 
 import grpc
 
-from .api import generic_handler
+from .transport.rpc import generic_handler
 from .api.auth import AuthService
 from .api.cluster import ClusterService
 from .api.election import ElectionService
@@ -17,12 +17,12 @@ from .api.lock import LockService
 from .api.maintenance import MaintenanceService
 from .api.watch import WatchService
 from .config import Config, ConfigError
-from .engine import GrpcEngine
-from .etcdhttp import HttpListeners, os_error_text
-from .front import ClientPortMux, internal_grpc_address
-from .gateway import Gateway
-from .metrics import ServerMetrics
-from .node import Node
+from .transport.engine import GrpcEngine
+from .transport.etcdhttp import HttpListeners, os_error_text
+from .transport.front import ClientPortMux, internal_grpc_address
+from .transport.gateway import Gateway
+from .transport.metrics import ServerMetrics
+from .core.server import Node
 from .pb.etcdserverpb import rpc_pb2
 from .pb.v3electionpb import v3election_pb2
 from .pb.v3lockpb import v3lock_pb2

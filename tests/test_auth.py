@@ -32,8 +32,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from etcdlite import auth as authmod
-from etcdlite.errors import EtcdError
+from etcdlite.core.auth import store as authmod
+from etcdlite.core.errors import EtcdError
 from etcdlite.pb.authpb import auth_pb2
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from harness import (ETCD_BIN, Client, Err, EtcdProcess, Stubs, delete_req, diff_transcripts, put_req,

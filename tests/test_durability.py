@@ -20,13 +20,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etcdlite import errors
-from etcdlite.compactor import PeriodicCompactor, RevisionCompactor, parse_retention
+from etcdlite.core import errors
+from etcdlite.core.compactor import PeriodicCompactor, RevisionCompactor, parse_retention
 from etcdlite.config import Config, ConfigError
-from etcdlite.mvcc import Entry, KeyValue
-from etcdlite.node import Node
+from etcdlite.storage.memory.mvcc import Entry, KeyValue
+from etcdlite.core.server import Node
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from etcdlite.wal import (DiskFaults, StorageError, capture, decode_entry, decode_snapshot, encode_entry,
+from etcdlite.storage.memory.wal import (DiskFaults, StorageError, capture, decode_entry, decode_snapshot, encode_entry,
                           encode_record, encode_snapshot, frame_record, reattach_leases, restore_state,
                           snapshot_size)
 from harness import ETCD_BIN, EtcdProcess, ServerStartError, etcdctl
@@ -147,8 +147,8 @@ def test_entry_decoding_rejects_truncation() -> None:
 
 def test_snapshot_of_an_uncompacted_store_takes_every_version_from_the_change_log() -> None:
     """capture() skips the walk over every key until the first compaction: nothing is older than the log."""
-    from etcdlite.lease import Lessor
-    from etcdlite.mvcc import MVCCStore
+    from etcdlite.core.lease import Lessor
+    from etcdlite.storage.memory.mvcc import MVCCStore
 
     store = MVCCStore()
     lessor = Lessor(store.write_txn, 1)

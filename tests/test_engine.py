@@ -17,7 +17,7 @@ import grpc
 import pytest
 from harness import EtcdProcess, free_port
 
-from etcdlite import engine
+from etcdlite.transport import engine
 from etcdlite.app import EtcdServer
 from etcdlite.config import from_args
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb

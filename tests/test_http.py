@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from harness import ETCD_BIN, EtcdProcess, free_port, run_parallel
 
-from etcdlite import gojson
-from etcdlite.metrics import go_float
+from etcdlite.transport import gojson
+from etcdlite.transport.metrics import go_float
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 
 CURL = shutil.which("curl")

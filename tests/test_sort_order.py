@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from etcdlite.gosort import go_sort
+from etcdlite.core.gosort import go_sort
 
 pytestmark = pytest.mark.timeout(120)
 

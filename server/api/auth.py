@@ -16,8 +16,8 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from ..auth import AuthStore, Permission
-from ..node import Node
+from ..core.auth.store import AuthStore, Permission
+from ..core.server import Node
 from ..pb.etcdserverpb import rpc_pb2 as pb
 
 Context = grpc.aio.ServicerContext

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from ..membership import Member
-from ..node import Node
+from ..core.membership import Member
+from ..core.server import Node
 from ..pb.etcdserverpb import rpc_pb2 as pb
 
 

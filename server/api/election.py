@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from .. import errors
-from ..node import Node
+from ..core import errors
+from ..core.server import Node
 from ..pb.v3electionpb import v3election_pb2 as epb
-from .concurrency import (
+from ..core.recipes import (
     ERR_MISSING_LEADER_KEY, Election, Services, as_client_error, leader, observe,
 )
 

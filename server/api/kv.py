@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from .. import errors, kv
+from ..core import errors
+from ..core import kv
 from ..pb.etcdserverpb import rpc_pb2 as pb
-from ..node import Node
+from ..core.server import Node
 
 
 class KVService:

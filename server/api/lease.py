@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from .. import errors
-from ..node import Node
+from ..core import errors
+from ..core.server import Node
 from ..pb.etcdserverpb import rpc_pb2 as pb
 
 

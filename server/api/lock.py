@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from .. import errors
-from ..node import Node
+from ..core import errors
+from ..core.server import Node
 from ..pb.v3lockpb import v3lock_pb2 as lpb
-from .concurrency import Services, as_client_error, lock
+from ..core.recipes import Services, as_client_error, lock
 
 
 class LockService:

@@ -15,13 +15,14 @@ import re
 import grpc
 from crc32c import crc32c
 
-from .. import __version__, errors
+from .. import __version__
+from ..core import errors
 from ..version import CLUSTER_VERSION
 from ..version import SERVER_VERSION as ETCD_VERSION
-from ..alarm import describe
-from ..node import Node
+from ..core.alarm import describe
+from ..core.server import Node
 from ..pb.etcdserverpb import rpc_pb2 as pb
-from ..wal import WAL, snapshot_revision, snapshot_size
+from ..storage.memory.wal import WAL, snapshot_revision, snapshot_size
 
 log = logging.getLogger("etcdlite.maintenance")
 

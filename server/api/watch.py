@@ -18,14 +18,14 @@ from typing import Any
 
 import grpc
 
-from .. import errors
-from ..auth import WATCH_PERMISSION_DENIED
-from ..kv import set_kv
-from ..mvcc import KeyValue, MVCCStore
-from ..node import Node
+from ..core import errors
+from ..core.auth.store import WATCH_PERMISSION_DENIED
+from ..core.kv import set_kv
+from ..storage.memory.mvcc import KeyValue, MVCCStore
+from ..core.server import Node
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..pb.mvccpb import kv_pb2
-from ..watch import Watcher, WatchResponse, WatchSpec, WatchStream
+from ..core.watch import Watcher, WatchResponse, WatchSpec, WatchStream
 
 log = logging.getLogger("etcdlite.watch")
 

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 
 import grpc
 
-from .. import errors
-from ..kv import to_pb
-from ..node import Node
+from . import errors
+from .kv import to_pb
+from .server import Node
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..pb.mvccpb import kv_pb2
 from ..pb.v3electionpb import v3election_pb2 as epb
-from ..watch import StreamClosed, WatchResponse, WatchSpec, prefix_end
-from .kv import KVService
-from .lease import LeaseService
+from .watch import StreamClosed, WatchResponse, WatchSpec, prefix_end
+from ..api.kv import KVService
+from ..api.lease import LeaseService
 
 DEFAULT_SESSION_TTL = 60  # concurrency.defaultSessionTTL
 NO_LEASE = 0

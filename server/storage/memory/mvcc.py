@@ -22,8 +22,8 @@ from typing import Protocol
 from crc32c import crc32c
 from sortedcontainers import SortedList
 
-from . import errors
-from .pb.mvccpb import kv_pb2
+from ...core import errors
+from ...pb.mvccpb import kv_pb2
 
 
 class KeyValue:

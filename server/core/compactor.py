@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from . import errors
-from .config import ConfigError, parse_go_duration
+from ..config import ConfigError, parse_go_duration
 
 log = logging.getLogger("etcdlite.compactor")
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
-from .config import DEFAULT_QUOTA_BACKEND_BYTES
-from .version import CLUSTER_VERSION, SERVER_VERSION
+from ..config import DEFAULT_QUOTA_BACKEND_BYTES
+from ..version import CLUSTER_VERSION, SERVER_VERSION
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from itertools import islice
 
-from .mvcc import KeyValue, MVCCStore
+from ..storage.memory.mvcc import KeyValue, MVCCStore
 
 log = logging.getLogger("etcdlite.watch")
 

@@ -11,8 +11,8 @@ import json
 import logging
 from pathlib import Path
 
-from .pb.etcdserverpb import rpc_pb2 as pb
-from .fsutil import write_atomic
+from ..pb.etcdserverpb import rpc_pb2 as pb
+from ..storage.fsutil import write_atomic
 
 log = logging.getLogger("etcdlite.alarm")
 

@@ -55,11 +55,11 @@ from typing import Any, Protocol
 import bcrypt
 import grpc
 
-from . import errors
-from .config import Config, ConfigError, parse_go_duration
-from .fsutil import fsync_dir
-from .pb.authpb import auth_pb2
-from .pb.etcdserverpb import rpc_pb2 as pb
+from .. import errors
+from ...config import Config, ConfigError, parse_go_duration
+from ...storage.fsutil import fsync_dir
+from ...pb.authpb import auth_pb2
+from ...pb.etcdserverpb import rpc_pb2 as pb
 
 
 class _Lazy:

@@ -52,9 +52,9 @@ from pathlib import Path
 
 import grpc
 
-from . import errors
-from .fsutil import fsync_dir
-from .lease import Lessor
+from ...core import errors
+from ..fsutil import fsync_dir
+from ...core.lease import Lessor
 from .mvcc import Entry, KeyValue, MVCCStore
 
 log = logging.getLogger("etcdlite.wal")

@@ -23,11 +23,11 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
 from . import gojson
-from .api import BadRequest
+from .rpc import BadRequest
 from .httpd import Body, BodyTooLarge, Headers, Request, Response, StreamResponse, text_response
-from .pb.etcdserverpb import rpc_pb2
-from .pb.v3electionpb import v3election_pb2
-from .pb.v3lockpb import v3lock_pb2
+from ..pb.etcdserverpb import rpc_pb2
+from ..pb.v3electionpb import v3election_pb2
+from ..pb.v3lockpb import v3lock_pb2
 
 log = logging.getLogger("etcdlite.gateway")
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 from . import errors
 from .alarm import CORRUPT, NOSPACE, AlarmStore
-from .auth import AuthStore
+from .auth.store import AuthStore
 from .compactor import Compactor, new_compactor
-from .config import DEFAULT_QUOTA_BACKEND_BYTES, Config
+from ..config import DEFAULT_QUOTA_BACKEND_BYTES, Config
 from .kv import KVApplier
 from .lease import Lessor
 from .membership import Member, Membership
-from .mvcc import MVCCStore
-from .pb.etcdserverpb import rpc_pb2 as pb
-from .wal import WAL, DiskFaults, Recovery, WALOptions
+from ..storage.memory.mvcc import MVCCStore
+from ..pb.etcdserverpb import rpc_pb2 as pb
+from ..storage.memory.wal import WAL, DiskFaults, Recovery, WALOptions
 from .watch import WatchHub
 
 log = logging.getLogger("etcdlite")

@@ -20,15 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from . import errors
-from .alarm import CORRUPT, NOSPACE
-from .config import Config, ConfigError
+from ..core import errors
+from ..core.alarm import CORRUPT, NOSPACE
+from ..config import Config, ConfigError
 from .gateway import Gateway
 from .httpd import Headers, HttpServer, Request, Response, StreamResponse, text_response
 from .metrics import CONTENT_TYPE, NodeFigures, ServerMetrics, render
-from .node import Node
-from .pb.etcdserverpb import rpc_pb2 as pb
-from .version import CLUSTER_VERSION, SERVER_VERSION
+from ..core.server import Node
+from ..pb.etcdserverpb import rpc_pb2 as pb
+from ..version import CLUSTER_VERSION, SERVER_VERSION
 
 log = logging.getLogger("etcdlite.http")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import errors
-from .fsutil import write_atomic
+from ..storage.fsutil import write_atomic
 
 
 @dataclass

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from . import errors
 from .gosort import go_sort
 from .lease import Lessor
-from .mvcc import KeyValue, MVCCStore, WriteTxn
-from .pb.etcdserverpb import rpc_pb2 as pb
-from .pb.mvccpb import kv_pb2
+from ..storage.memory.mvcc import KeyValue, MVCCStore, WriteTxn
+from ..pb.etcdserverpb import rpc_pb2 as pb
+from ..pb.mvccpb import kv_pb2
 
 RangeRequest = pb.RangeRequest
 Compare = pb.Compare
