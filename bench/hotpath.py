@@ -62,9 +62,7 @@ async def main(n: int) -> None:
                             "--log-level", "error"])
         server = EtcdServer(cfg)
         server._services()
-        await server.node.start()
-        server.node.lessor.start()
-        server.node.watches.start()
+        await server.core.start()
         m = server.grpc_methods
         ctx = Context()
         put = m["/etcdserverpb.KV/Put"].unary_unary
@@ -122,14 +120,12 @@ async def main(n: int) -> None:
             await asyncio.sleep(0.001)
         us = (time.perf_counter() - t0) / (events * 160) * 1e6
         print(f"{'Watch event (160 watchers, one key)':38s} {us:7.1f} µs/event", flush=True)
-        server.node.watches.close()
+        server.core.end_watches()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        server.node.lessor.close()
-        await server.node.lessor.wait_closed()
-        server.node.close()
-        await server.node.wait_closed()
+        server.core.close()
+        await server.core.wait_closed()
 
 
 if __name__ == "__main__":

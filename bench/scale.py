@@ -30,7 +30,7 @@ from run import BUILD_BENCHMARK, Server, Workload, loadgen_binary, run_tool  # n
 
 from etcdlite.core.kv import KVApplier  # noqa: E402
 from etcdlite.core.lease import Lessor  # noqa: E402
-from etcdlite.storage.memory.mvcc import MVCCStore  # noqa: E402
+from etcdlite.storage.memory.backend import MemoryBackend  # noqa: E402
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb  # noqa: E402
 
 VALUE = b"v" * 256
@@ -48,10 +48,11 @@ def _per_call(fn, n: int) -> float:
 
 
 def store_costs(nkeys: int) -> dict[str, float]:
-    store = MVCCStore()
-    lessor = Lessor(store.write_txn, 1)
-    store.leases = lessor
-    kv = KVApplier(store, lessor)
+    backend = MemoryBackend(None)  # in memory, durable at once: the store's own cost
+    store = backend.store
+    lessor = Lessor(1)
+    backend.set_lease_attacher(lessor)
+    kv = KVApplier(backend, lessor)
     t0 = time.perf_counter()
     for start in range(0, nkeys, 128):  # as the bulk loader does: txns of 128 puts
         txn = store.write_txn()
@@ -71,8 +72,8 @@ def store_costs(nkeys: int) -> dict[str, float]:
     out["range, 100 keys"] = _per_call(lambda i: kv.range(r100), 500)
     out["range, 10k keys"] = _per_call(lambda i: kv.range(r10k), 10)
     out["count only, 10k keys"] = _per_call(lambda i: kv.range(c10k), 20)
-    out["put, existing key"] = _per_call(lambda i: kv.put(existing[i]), 20000)
-    out["put, new key"] = _per_call(lambda i: kv.put(fresh[i]), 20000)
+    out["put, existing key"] = _per_call(lambda i: backend.write_nowait(lambda txn: kv.put(txn, existing[i])), 20000)
+    out["put, new key"] = _per_call(lambda i: backend.write_nowait(lambda txn: kv.put(txn, fresh[i])), 20000)
     return out
 
 

@@ -53,9 +53,9 @@ def main() -> int:
 
         engine.GrpcEngine.__init__ = init
     if thread_sync:
-        import etcdlite.storage.memory.wal
+        import etcdlite.storage.memory.writer
 
-        etcdlite.storage.memory.wal.INLINE_SYNC_MAX_SECONDS = 0.0
+        etcdlite.storage.memory.writer.INLINE_SYNC_MAX_SECONDS = 0.0
     print(f"variant {variant}: etcdlite from {etcdlite.__file__}", file=sys.stderr)
     return etcdlite_main([*rest, *flags])
 

@@ -1,4 +1,8 @@
-"""The running server: gRPC listeners over a Node, with a clean shutdown path."""
+"""The running server: the four layers wired together, with a clean shutdown path.
+
+storage (the backend) <- core (``Core``: the request pipeline) <- api (thin servicers) <- transport
+(the gRPC engine, the client-port mux, the HTTP listeners and the JSON gateway).
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,34 @@ import logging
 
 import grpc
 
-from .transport.rpc import generic_handler
 from .api.auth import AuthService
 from .api.cluster import ClusterService
+from .api.credentials import CredentialsReader
 from .api.election import ElectionService
+from .api.health import HealthChecks
 from .api.kv import KVService
 from .api.lease import LeaseService
 from .api.lock import LockService
 from .api.maintenance import MaintenanceService
 from .api.watch import WatchService
 from .config import Config, ConfigError
+from .core.auth.admin import AuthAdmin
+from .core.cluster import Cluster
+from .core.maintenance import Maintenance
+from .core.server import Core
+from .pb.etcdserverpb import rpc_pb2
+from .pb.v3electionpb import v3election_pb2
+from .pb.v3lockpb import v3lock_pb2
+from .storage.backend import Backend
+from .storage.memory.backend import MemoryBackend
+from .storage.memory.files import DiskFaults
+from .storage.memory.writer import WALOptions
 from .transport.engine import GrpcEngine
 from .transport.etcdhttp import HttpListeners, os_error_text
 from .transport.front import ClientPortMux, internal_grpc_address
 from .transport.gateway import Gateway
 from .transport.metrics import ServerMetrics
-from .core.server import Node
-from .pb.etcdserverpb import rpc_pb2
-from .pb.v3electionpb import v3election_pb2
-from .pb.v3lockpb import v3lock_pb2
+from .transport.rpc import generic_handler
 
 log = logging.getLogger("etcdlite")
 
@@ -51,12 +64,19 @@ def _server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
                                        require_client_auth=cfg.client_cert_auth)
 
 
+def open_backend(cfg: Config) -> Backend:
+    """The storage the flags ask for: the embedded store in ``--data-dir``."""
+    options = WALOptions(fsync=not cfg.unsafe_no_fsync, snapshot_count=cfg.snapshot_count or 100_000,
+                         batch_limit=max(cfg.backend_batch_limit, 0), faults=DiskFaults.from_env())
+    return MemoryBackend(cfg.data_dir, options)
+
+
 class EtcdServer:
-    """Owns the node, its background tasks and the gRPC server: ``start()``, ``close()``, ``wait_closed()``."""
+    """Owns the core, its background tasks and the gRPC server: ``start()``, ``close()``, ``wait_closed()``."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.node = Node(config)
+        self.core = Core(config, open_backend(config))
         self._grpc: GrpcEngine | None = None
         self._closed = asyncio.Event()
         self.ports: list[int] = []
@@ -67,19 +87,20 @@ class EtcdServer:
 
     def _services(self) -> None:
         """Every etcd method's handler, in ``grpc_methods`` under its path."""
-        node = self.node
+        core = self.core
+        who = CredentialsReader(self.config.client_cert_auth)
         impls = {
-            "KV": KVService(node),
-            "Lease": LeaseService(node),
-            "Cluster": ClusterService(node),
-            "Watch": WatchService(node),
-            "Maintenance": MaintenanceService(node),
-            "Auth": AuthService(node),
+            "KV": KVService(core, who),
+            "Lease": LeaseService(core, who),
+            "Cluster": ClusterService(Cluster(core), who),
+            "Watch": WatchService(core, who),
+            "Maintenance": MaintenanceService(Maintenance(core), who),
+            "Auth": AuthService(AuthAdmin(core), who),
         }
         for name, service in rpc_pb2.DESCRIPTOR.services_by_name.items():
             generic_handler(service, impls.get(name), self.metrics.grpc, self.grpc_methods,
                             max_receive_bytes=self.config.grpc_max_receive_bytes)
-        recipes = {"Lock": LockService(node), "Election": ElectionService(node)}
+        recipes = {"Lock": LockService(core, who), "Election": ElectionService(core, who)}
         for module in (v3lock_pb2, v3election_pb2):
             for name, service in module.DESCRIPTOR.services_by_name.items():
                 generic_handler(service, recipes.get(name), self.metrics.grpc, self.grpc_methods,
@@ -88,7 +109,7 @@ class EtcdServer:
 
     async def start(self) -> None:
         cfg = self.config
-        await self.node.start()  # recover from the data dir before anything is served
+        self.core.open()  # recover from the data dir before anything is served
         self._services()
         self._grpc = GrpcEngine(
             self.grpc_methods,
@@ -102,7 +123,8 @@ class EtcdServer:
             ],
         )
         credentials = _server_credentials(cfg)
-        self.http = HttpListeners(self.node, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes))
+        checks = HealthChecks(self.core, self.metrics.health)
+        self.http = HttpListeners(checks, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes))
         muxed = self._muxed_addresses()
         if muxed:
             internal, path = internal_grpc_address()
@@ -126,8 +148,7 @@ class EtcdServer:
                 raise ConfigError(f"listen tcp {address}: bind: address already in use")
             self.ports.append(port)
         await self.http.start(cfg)
-        self.node.lessor.start()
-        self.node.watches.start()
+        await self.core.start()
         self._grpc.start()
         log.info("ready to serve client requests", extra={"fields": {"address": ",".join(cfg.listen_client_urls)}})
 
@@ -150,7 +171,7 @@ class EtcdServer:
         if self._mux is not None:
             self._mux.close()
         # watch streams never end by themselves: end them first so the grace period is not spent on them
-        self.node.watches.close()
+        self.core.end_watches()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         if self._mux is not None:
@@ -158,12 +179,5 @@ class EtcdServer:
             await self._mux.wait_closed()
         if self.http is not None:
             await self.http.wait_closed()
-        await self.node.watches.wait_closed()
-        self.node.lessor.close()
-        await self.node.lessor.wait_closed()
-        self.node.close()  # flushes the log: what was acknowledged is on disk
-        await self.node.wait_closed()
-
-    async def serve_until_closed(self) -> None:
-        await self.start()
-        await self.wait_closed()
+        self.core.close()  # flushes the log: what was acknowledged is on disk
+        await self.core.wait_closed()

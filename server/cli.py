@@ -71,7 +71,8 @@ def snapshot_restore(argv: list[str]) -> int:
     """``etcdlite snapshot restore FILE [--data-dir DIR]``: a data dir from an ``etcdctl snapshot save`` file."""
     import argparse
 
-    from .storage.memory.wal import StorageError, restore_snapshot_file
+    from .storage.memory.files import StorageError
+    from .storage.memory.snapshot import restore_snapshot_file
 
     p = argparse.ArgumentParser(prog="etcdlite snapshot restore",
                                 description="Make a new data dir from a snapshot that `etcdctl snapshot save` "
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"etcdlite Version: {__version__}\nAPI Version: {API_VERSION}\nPython Version: {sys.version.split()[0]}")
         return 0
     _setup_logging(cfg)
-    from .storage.memory.wal import StorageError
+    from .storage.memory.files import StorageError
 
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:

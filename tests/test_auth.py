@@ -32,8 +32,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from etcdlite.core.auth import store as authmod
-from etcdlite.core.errors import EtcdError
+from etcdlite.config import ConfigError
+from etcdlite.core.auth import model
+from etcdlite.core.auth import tokens as tokenmod
+from etcdlite.core.auth.store import AuthStore
+from etcdlite.errors import EtcdError
 from etcdlite.pb.authpb import auth_pb2
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from harness import (ETCD_BIN, Client, Err, EtcdProcess, Stubs, delete_req, diff_transcripts, put_req,
@@ -673,19 +676,19 @@ def test_jwt_tokens(server_factory, targets, tmp_path, method, kind):
 def test_jwt_options_are_checked_at_start_up(tmp_path):
     priv, pub = _write_keys(tmp_path, "rsa")
     for spec, message in [
-        ("jwt,sign-method=RS999", authmod.INVALID_AUTH_METHOD),
-        ("jwt,sign-method=RS256", authmod.MISSING_KEY),
-        ("jwt,pub-key", authmod.INVALID_AUTH_OPTS),
-        (f"jwt,priv-key={priv},priv-key={priv}", authmod.INVALID_AUTH_OPTS),
-        ("magic", authmod.INVALID_AUTH_OPTS),
+        ("jwt,sign-method=RS999", tokenmod.INVALID_AUTH_METHOD),
+        ("jwt,sign-method=RS256", tokenmod.MISSING_KEY),
+        ("jwt,pub-key", tokenmod.INVALID_AUTH_OPTS),
+        (f"jwt,priv-key={priv},priv-key={priv}", tokenmod.INVALID_AUTH_OPTS),
+        ("magic", tokenmod.INVALID_AUTH_OPTS),
     ]:
-        with pytest.raises(authmod.ConfigError, match=re.escape(message)):
-            authmod.new_token_provider(spec, 300)
-    verify_only = authmod.new_token_provider(f"jwt,pub-key={pub},sign-method=RS256", 300)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            tokenmod.new_token_provider(spec, 300)
+    verify_only = tokenmod.new_token_provider(f"jwt,pub-key={pub},sign-method=RS256", 300)
     with pytest.raises(EtcdError) as err:
         verify_only.assign("u", 1, "")
     assert err.value.message == "auth: token signing attempted with verify-only key"
-    assert isinstance(authmod.new_token_provider("", 300), authmod.NoTokens)
+    assert isinstance(tokenmod.new_token_provider("", 300), tokenmod.NoTokens)
 
 
 # -- persistence ---------------------------------------------------------------------------------
@@ -730,8 +733,8 @@ def test_auth_state_survives_restart(server_factory, targets):
 
 
 # -- the permission checker, in-process --------------------------------------------------------------
-def _store(tmp: Path | None = None) -> authmod.AuthStore:
-    return authmod.AuthStore(tmp / "auth.json" if tmp else None, authmod.SimpleTokens(), lease_keys=lambda _: None,
+def _store(tmp: Path | None = None) -> AuthStore:
+    return AuthStore(tmp / "auth.json" if tmp else None, tokenmod.SimpleTokens(), lease_keys=lambda _: None,
                              bcrypt_cost=4)
 
 
@@ -752,13 +755,13 @@ def test_range_permission_cache(perms, key, end, want):
     store = _store()
     store.role_add("r")
     for k, e in perms:
-        store.role_grant_permission("r", authmod.Permission(k, e, authmod.READ))
+        store.role_grant_permission("r", model.Permission(k, e, model.READ))
     store.user_add("u", None, True)
     store.user_grant_role("u", "r")
     store.user_add("root", None, True)
     store.user_grant_role("root", "root")
     store.enable()
-    info = authmod.AuthInfo("u", store.revision)
+    info = model.AuthInfo("u", store.revision)
     if want:
         store.range_permitted(info, key, end)
     else:
@@ -770,12 +773,12 @@ def test_range_permission_cache(perms, key, end, want):
 
 def test_simple_tokens_expire_after_ttl_since_last_use():
     now = [0.0]
-    tokens = authmod.SimpleTokens(ttl=10, clock=lambda: now[0])
+    tokens = tokenmod.SimpleTokens(ttl=10, clock=lambda: now[0])
     tokens.enable()
     t = tokens.assign("u", 1, tokens.gen_prefix())
     assert re.fullmatch(r"[a-zA-Z]{16}\.1", t)
     now[0] = 9
-    assert tokens.info(t, 5) == authmod.AuthInfo("u", 5)
+    assert tokens.info(t, 5) == model.AuthInfo("u", 5)
     now[0] = 18  # 9s after its last use
     assert tokens.info(t, 5) is not None
     now[0] = 29

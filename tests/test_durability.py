@@ -1,6 +1,6 @@
 """The data dir (issue 4): log encoding, group commit, recovery, snapshots, quota, maintenance RPCs.
 
-In-process tests drive a ``Node`` over a temporary data dir; process tests run etcdlite (and real
+In-process tests drive a ``Core`` over a temporary data dir; process tests run etcdlite (and real
 etcd where the output is comparable) through ``harness.EtcdProcess`` and real ``etcdctl``.
 """
 
@@ -15,65 +15,81 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etcdlite.core import errors
+from etcdlite import errors
 from etcdlite.core.compactor import PeriodicCompactor, RevisionCompactor, parse_retention
 from etcdlite.config import Config, ConfigError
-from etcdlite.storage.memory.mvcc import Entry, KeyValue
-from etcdlite.core.server import Node
+from etcdlite.storage.backend import Entry, KeyValue
+from etcdlite.app import open_backend
+from etcdlite.core.server import Core
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from etcdlite.storage.memory.wal import (DiskFaults, StorageError, capture, decode_entry, decode_snapshot, encode_entry,
-                          encode_record, encode_snapshot, frame_record, reattach_leases, restore_state,
-                          snapshot_size)
+from etcdlite.storage.memory.backend import MemoryBackend
+from etcdlite.storage.memory.mvcc import MVCCStore
+from etcdlite.storage.memory.writer import WAL
+from etcdlite.storage.memory.files import DiskFaults, StorageError
+from etcdlite.storage.memory.records import decode_entry, encode_entry, encode_record, frame_record
+from etcdlite.storage.memory.snapshot import (capture, decode_snapshot, encode_snapshot, restore_state,
+                                              snapshot_size)
 from harness import ETCD_BIN, EtcdProcess, ServerStartError, etcdctl
 
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def node_for(data_dir: Path, **cfg: object) -> Node:
-    return Node(Config(data_dir=str(data_dir), **cfg))  # type: ignore[arg-type]
+def node_for(data_dir: Path, **cfg: object) -> Core:
+    """A core over the embedded backend in ``data_dir``; until it is opened, its writes are durable
+    at once in memory (nothing touches the disk)."""
+    config = Config(data_dir=str(data_dir), **cfg)  # type: ignore[arg-type]
+    return Core(config, open_backend(config))
 
 
-async def put(node: Node, key: bytes, value: bytes = b"v", lease: int = 0) -> int:
-    resp, seq = node.kv.put(pb.PutRequest(key=key, value=value, lease=lease))
-    await node.store.wait_durable(seq)
+def store_of(node: Core) -> MVCCStore:
+    backend = node.backend
+    assert isinstance(backend, MemoryBackend)
+    return backend.store
+
+
+def wal_of(node: Core) -> WAL:
+    backend = node.backend
+    assert isinstance(backend, MemoryBackend) and backend.wal is not None
+    return backend.wal
+
+
+async def put(node: Core, key: bytes, value: bytes = b"v", lease: int = 0) -> int:
+    resp = await node.put(pb.PutRequest(key=key, value=value, lease=lease), None)
     return resp.header.revision
 
 
-async def delete(node: Node, key: bytes) -> int:
-    resp, seq = node.kv.delete_range(pb.DeleteRangeRequest(key=key))
-    await node.store.wait_durable(seq)
+async def delete(node: Core, key: bytes) -> int:
+    resp = await node.delete_range(pb.DeleteRangeRequest(key=key), None)
     return resp.header.revision
 
 
-async def compact(node: Node, revision: int) -> None:
-    _, seq = node.kv.compact(pb.CompactionRequest(revision=revision))
-    await node.store.wait_durable(seq)
+async def compact(node: Core, revision: int) -> None:
+    await node.compact(pb.CompactionRequest(revision=revision), None)
 
 
-async def grant(node: Node, ttl: int, lease_id: int = 0) -> int:
-    lease, seq = node.lessor.grant(lease_id, ttl)
-    await node.store.wait_durable(seq)
-    return lease.id
+async def grant(node: Core, ttl: int, lease_id: int = 0) -> int:
+    resp = await node.lease_grant(pb.LeaseGrantRequest(ID=lease_id, TTL=ttl), None)
+    return resp.ID
 
 
-async def started(node: Node) -> Node:
+async def started(node: Core) -> Core:
     await node.start()
     return node
 
 
-async def stopped(node: Node) -> None:
+async def stopped(node: Core) -> None:
     node.close()
     await node.wait_closed()
 
 
-def dump(node: Node) -> dict[str, object]:
+def dump(node: Core) -> dict[str, object]:
     """Everything recovery must bring back, as plain data."""
-    store = node.store
+    store = store_of(node)
     versions = {rev: store.range(b"\0", b"\0", rev).kvs for rev in range(max(store.compact_revision, 1),
                                                                           store.current_revision + 1)}
     return {
@@ -93,24 +109,23 @@ def snap_files(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "member" / "snap").glob("*.snap"))
 
 
-async def build_history(node: Node) -> int:
+async def build_history(node: Core) -> int:
     """Puts, overwrites, deletes, a txn, leases with keys, a revoke and a compaction; returns a lease."""
     for i in range(5):
         await put(node, b"k%d" % i, b"v%d" % i)
     await put(node, b"k1", b"again")
     await delete(node, b"k2")
-    resp, seq = node.kv.txn(pb.TxnRequest(success=[
+    await node.txn(pb.TxnRequest(success=[
         pb.RequestOp(request_put=pb.PutRequest(key=b"t1", value=b"x")),
         pb.RequestOp(request_put=pb.PutRequest(key=b"t2", value=b"y")),
-        pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=b"k3"))]))
-    await node.store.wait_durable(seq)
+        pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=b"k3"))]), None)
     kept = await grant(node, 120)
     gone = await grant(node, 60)
     await put(node, b"leased1", b"l", kept)
     await put(node, b"leased2", b"l", kept)
     await put(node, b"doomed", b"d", gone)
-    await compact(node, node.store.current_revision - 3)
-    await node.store.wait_durable(node.lessor.revoke(gone))
+    await compact(node, store_of(node).current_revision - 3)
+    await node.lease_revoke(pb.LeaseRevokeRequest(ID=gone), None)
     await put(node, b"k1", b"after-compaction")
     return kept
 
@@ -147,12 +162,7 @@ def test_entry_decoding_rejects_truncation() -> None:
 
 def test_snapshot_of_an_uncompacted_store_takes_every_version_from_the_change_log() -> None:
     """capture() skips the walk over every key until the first compaction: nothing is older than the log."""
-    from etcdlite.core.lease import Lessor
-    from etcdlite.storage.memory.mvcc import MVCCStore
-
     store = MVCCStore()
-    lessor = Lessor(store.write_txn, 1)
-    store.leases = lessor
     for i in range(50):
         txn = store.write_txn()
         txn.put(b"k%02d" % (i % 7), b"v%d" % i, 0)
@@ -163,7 +173,7 @@ def test_snapshot_of_an_uncompacted_store_takes_every_version_from_the_change_lo
             txn = store.write_txn()
             txn.delete_range(b"k", b"l")
             txn.end()
-    groups = capture(1, store, lessor).groups
+    groups = capture(1, store).groups
     assert sorted((kv.mod_revision, kv.key, kv.version) for _, kvs in groups for kv in kvs) == \
         sorted((kv.mod_revision, kv.key, kv.version) for kv in store.history())
     assert [rev for rev, _ in groups] == sorted(rev for rev, _ in groups)
@@ -173,22 +183,22 @@ def test_snapshot_restores_the_store_exactly() -> None:
     async def scenario() -> None:
         node = node_for(Path("/nonexistent"))  # the in-memory journal: nothing touches the disk
         await build_history(node)
-        state = capture(7, node.store, node.lessor)
+        state = capture(7, store_of(node))
         data = encode_snapshot(state)
-        assert len(data) % 512 == 0 and len(data) == snapshot_size(node.store, node.lessor)
+        assert len(data) % 512 == 0 and len(data) == snapshot_size(store_of(node))
         copy = node_for(Path("/nonexistent"))
         decoded = decode_snapshot(data)
         assert decoded.index == 7
-        restore_state(decoded, copy.store, copy.lessor)
-        reattach_leases(copy.store, copy.lessor)
+        restore_state(decoded, store_of(copy))
+        copy.restore_leases()
         assert dump(copy) == dump(node)
-        assert copy.store.compact_revision > 0 and copy.lessor.leases()
+        assert store_of(copy).compact_revision > 0 and copy.lessor.leases()
 
     asyncio.run(scenario())
 
 
 def test_snapshot_decoding_rejects_damage() -> None:
-    data = bytearray(encode_snapshot(capture(1, node_for(Path("/x")).store, node_for(Path("/x")).lessor)))
+    data = bytearray(encode_snapshot(capture(1, store_of(node_for(Path("/x"))))))
     data[40] ^= 1
     with pytest.raises(ValueError, match="crc mismatch"):
         decode_snapshot(bytes(data))
@@ -207,9 +217,9 @@ def test_restart_recovers_everything(tmp_path: Path) -> None:
         await stopped(node)
         again = await started(node_for(tmp_path))
         assert dump(again) == before
-        assert again.store.visible_revision == before["revision"]
+        assert store_of(again).visible_revision == before["revision"]
         await put(again, b"k9")  # and it keeps going from there
-        assert again.store.current_revision == before["revision"] + 1
+        assert store_of(again).current_revision == before["revision"] + 1
         await stopped(again)
 
     asyncio.run(scenario())
@@ -220,7 +230,7 @@ def test_group_commit_writes_concurrent_requests_together(tmp_path: Path) -> Non
         node = await started(node_for(tmp_path / str(limit), backend_batch_limit=limit))
         revs = await asyncio.gather(*(put(node, b"k%d" % i) for i in range(200)))
         assert sorted(revs) == list(range(2, 202))
-        stats = node.wal.stats  # type: ignore[union-attr]
+        stats = wal_of(node).stats
         await stopped(node)
         return stats.writes, stats.entries
 
@@ -233,11 +243,14 @@ def test_group_commit_writes_concurrent_requests_together(tmp_path: Path) -> Non
 def test_close_flushes_queued_writes(tmp_path: Path) -> None:
     async def scenario() -> None:
         node = await started(node_for(tmp_path))
-        seqs = [node.kv.put(pb.PutRequest(key=b"k%d" % i, value=b"v"))[1] for i in range(50)]
+        for i in range(50):
+            request = pb.PutRequest(key=b"k%d" % i, value=b"v")
+            node.backend.write_nowait(lambda txn, r=request: node.kv.put(txn, r))
+        last = store_of(node).last_seq
         await stopped(node)  # nobody awaited them: close itself must write them
-        assert node.store._durable_seq >= seqs[-1]
+        assert store_of(node)._durable_seq >= last == 50
         again = await started(node_for(tmp_path))
-        assert again.store.current_revision == 51
+        assert store_of(again).current_revision == 51
         await stopped(again)
 
     asyncio.run(scenario())
@@ -248,12 +261,12 @@ def test_snapshots_rotate_the_log_and_compaction_frees_disk(tmp_path: Path) -> N
         node = await started(node_for(tmp_path, snapshot_count=10))
         for i in range(35):
             await put(node, b"key", b"x" * 1000 + b"%d" % i)
-        wal = node.wal
-        assert wal is not None and wal.stats.snapshots == 3
+        wal = wal_of(node)
+        assert wal.stats.snapshots == 3
         assert len(wal_files(tmp_path)) == 1 and len(snap_files(tmp_path)) == 1
         grown = wal.disk_size()
         assert grown > 35 * 1000
-        await compact(node, node.store.current_revision)
+        await compact(node, store_of(node).current_revision)
         assert wal.disk_size() < 3000 < grown  # the post-compaction snapshot holds one version
         before = dump(node)
         await stopped(node)
@@ -277,7 +290,7 @@ def _write_some(tmp_path: Path, n: int) -> None:
 def _recovered_revision(tmp_path: Path) -> int:
     async def scenario() -> int:
         node = await started(node_for(tmp_path))
-        rev = node.store.current_revision
+        rev = store_of(node).current_revision
         await stopped(node)
         return rev
 
@@ -323,7 +336,7 @@ def test_corrupt_snapshot_refuses_to_start(tmp_path: Path) -> None:
     async def scenario() -> None:
         node = await started(node_for(tmp_path))
         await put(node, b"k")
-        await node.wal.snapshot()  # type: ignore[union-attr]
+        await wal_of(node).snapshot()
         await stopped(node)
 
     asyncio.run(scenario())
@@ -339,7 +352,7 @@ def test_a_data_dir_is_used_by_one_server_at_a_time(tmp_path: Path) -> None:
     async def scenario() -> None:
         node = await started(node_for(tmp_path))
         with pytest.raises(StorageError, match="in use by another etcdlite"):
-            node_for(tmp_path).open_storage()
+            node_for(tmp_path).open()
         await stopped(node)
 
     asyncio.run(scenario())
@@ -354,20 +367,23 @@ def test_disk_full_fails_writes_keeps_reads_and_recovers(tmp_path: Path, monkeyp
         with pytest.raises(errors.EtcdError) as failed:
             for i in range(1000):
                 acked.append(await put(node, b"k%03d" % i, b"v" * 50))
-        assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+        assert failed.value.code == errors.Code.UNAVAILABLE
         assert "no space left on device" in failed.value.message
-        durable = node.store.visible_revision
+        store = store_of(node)
+        durable = store.visible_revision
         assert durable == acked[-1]
-        for call in (lambda: node.check_space(), lambda: node.kv.put(pb.PutRequest(key=b"z")),
-                     lambda: node.kv.delete_range(pb.DeleteRangeRequest(key=b"k000"))):
+        put_z, delete_k = pb.PutRequest(key=b"z"), pb.DeleteRangeRequest(key=b"k000")
+        for call in (lambda: node.check_space(),
+                     lambda: node.backend.write_nowait(lambda txn: node.kv.put(txn, put_z)),
+                     lambda: node.backend.write_nowait(lambda txn: node.kv.delete_range(txn, delete_k))):
             with pytest.raises(errors.EtcdError, match="storage failure"):
                 call()
         # a read-only txn must not wait for writes that will never be durable
-        _, seq = node.kv.txn(pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"k000"))]))
+        read_only = pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"k000"))])
         with pytest.raises(errors.EtcdError, match="storage failure"):
-            await asyncio.wait_for(node.store.wait_durable(seq), 2)
-        assert node.store.range(b"k000", None).kvs[0].value == b"v" * 50
-        assert node.store.range(b"k", b"l").revision == durable
+            await asyncio.wait_for(node.txn(read_only, None), 2)
+        assert store.range(b"k000", None).kvs[0].value == b"v" * 50
+        assert store.range(b"k", b"l").revision == durable
         await stopped(node)
         return acked
 

@@ -31,6 +31,7 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 
 from etcdlite.core import watch as hubmod
+from etcdlite.storage.memory.backend import MemoryBackend
 from etcdlite.storage.memory.mvcc import MVCCStore
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
@@ -854,8 +855,9 @@ def _put(store: MVCCStore, key: bytes, value: bytes) -> int:
 
 def test_hub_slow_stream_becomes_victim_then_catches_up():
     async def run() -> None:
-        store = MVCCStore()
-        hub = WatchHub(store)
+        backend = MemoryBackend(None)
+        store = backend.store
+        hub = WatchHub(backend)
         hub.start()
         stream = hub.new_stream(capacity=2)
         w = stream.create(WatchSpec(key=b"a"))
@@ -881,8 +883,9 @@ def test_hub_catch_up_in_bounded_batches(monkeypatch):
     monkeypatch.setattr(hubmod, "MAX_REVS_SCANNED_PER_SYNC", 5)
 
     async def run() -> None:
-        store = MVCCStore()
-        hub = WatchHub(store)
+        backend = MemoryBackend(None)
+        store = backend.store
+        hub = WatchHub(backend)
         hub.start()
         revs = [_put(store, b"k%d" % (i % 2), b"v") for i in range(20)]
         stream = hub.new_stream()
@@ -909,8 +912,9 @@ def test_hub_catch_up_in_bounded_batches(monkeypatch):
 
 def test_hub_compaction_cancels_a_lagging_watcher():
     async def run() -> None:
-        store = MVCCStore()
-        hub = WatchHub(store)
+        backend = MemoryBackend(None)
+        store = backend.store
+        hub = WatchHub(backend)
         revs = [_put(store, b"a", b"%d" % i) for i in range(5)]
         store.compact(revs[3])
         stream = hub.new_stream()
@@ -934,8 +938,9 @@ def test_hub_randomized_tiny_queues(monkeypatch):
     keys = [b"k%d" % i for i in range(8)]
 
     async def run() -> None:
-        store = MVCCStore()
-        hub = WatchHub(store)
+        backend = MemoryBackend(None)
+        store = backend.store
+        hub = WatchHub(backend)
         hub.start()
         victims_seen = 0
         watchers: list[tuple[hubmod.Watcher, int, list]] = []  # (watcher, first revision it needs, events)

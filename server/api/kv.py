@@ -1,77 +1,29 @@
-"""etcdserverpb.KV: convert, check size, apply, wait for durability, answer."""
+"""etcdserverpb.KV: each request is one core call."""
 
 from __future__ import annotations
 
-import grpc
-
-from ..core import errors
-from ..core import kv
+from ..core.server import Core
 from ..pb.etcdserverpb import rpc_pb2 as pb
-from ..core.server import Node
+from .context import CallContext
+from .credentials import CredentialsReader
 
 
 class KVService:
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self._kv = node.kv
-        self._max_request_bytes = node.config.max_request_bytes
-        self._max_txn_ops = node.config.max_txn_ops
+    def __init__(self, core: Core, who: CredentialsReader) -> None:
+        self._core = core
+        self._who = who
 
-    def _check_size(self, request) -> None:
-        if request.ByteSize() > self._max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE
+    async def range(self, request: pb.RangeRequest, context: CallContext) -> pb.RangeResponse:
+        return await self._core.range(request, self._who(context))
 
-    async def range(self, request: pb.RangeRequest, context: grpc.aio.ServicerContext) -> pb.RangeResponse:
-        kv.check_range(request)
-        self._node.auth.check_range(context, request)
-        resp = self._kv.range(request)
-        self._node.fill_header(resp.header)
-        return resp
+    async def put(self, request: pb.PutRequest, context: CallContext) -> pb.PutResponse:
+        return await self._core.put(request, self._who(context))
 
-    async def put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
-        kv.check_put(request)
-        self._node.auth.check_put(context, request)
-        self._check_size(request)
-        self._node.check_space()
-        resp, seq = self._kv.put(request)
-        await self._node.store.wait_durable(seq)
-        self._node.fill_header(resp.header)
-        return resp
+    async def delete_range(self, request: pb.DeleteRangeRequest, context: CallContext) -> pb.DeleteRangeResponse:
+        return await self._core.delete_range(request, self._who(context))
 
-    async def delete_range(self, request: pb.DeleteRangeRequest, context: grpc.aio.ServicerContext
-                           ) -> pb.DeleteRangeResponse:
-        kv.check_delete(request)
-        self._node.auth.check_delete_range(context, request)
-        self._check_size(request)
-        resp, seq = self._kv.delete_range(request)
-        await self._node.store.wait_durable(seq)
-        self._node.fill_header(resp.header)
-        return resp
+    async def txn(self, request: pb.TxnRequest, context: CallContext) -> pb.TxnResponse:
+        return await self._core.txn(request, self._who(context))
 
-    async def txn(self, request: pb.TxnRequest, context: grpc.aio.ServicerContext) -> pb.TxnResponse:
-        kv.check_txn(request, self._max_txn_ops)
-        self._node.auth.check_txn(context, request)
-        if not kv.is_read_only(request):  # etcd serves read-only txns without raft, so unchecked
-            self._check_size(request)
-        if _has_put(request):
-            self._node.check_space()
-        resp, seq = self._kv.txn(request)
-        await self._node.store.wait_durable(seq)
-        self._node.fill_header(resp.header)
-        return resp
-
-    async def compact(self, request: pb.CompactionRequest, context: grpc.aio.ServicerContext
-                      ) -> pb.CompactionResponse:
-        self._node.auth.check_token(context)  # etcd checks no permission for a compaction
-        resp, seq = self._kv.compact(request)
-        await self._node.store.wait_durable(seq)
-        self._node.fill_header(resp.header)
-        return resp
-
-
-def _has_put(r: pb.TxnRequest) -> bool:
-    for op in (*r.success, *r.failure):
-        which = op.WhichOneof("request")
-        if which == "request_put" or (which == "request_txn" and _has_put(op.request_txn)):
-            return True
-    return False
+    async def compact(self, request: pb.CompactionRequest, context: CallContext) -> pb.CompactionResponse:
+        return await self._core.compact(request, self._who(context))

@@ -1,98 +1,52 @@
-"""etcdserverpb.Maintenance: Status, Alarm, Defragment and Snapshot over the data dir (issue 4).
-
-Defragment rewrites the snapshot and starts an empty log, so the data dir shrinks to what is in
-use.  Snapshot streams a fresh etcdlite snapshot file (see ``server.wal``) in 32 KiB chunks and then
-its SHA-256, as etcd's v3rpc does with its bbolt file: ``etcdctl snapshot save`` stores it and
-``etcdlite snapshot restore FILE --data-dir DIR`` turns it back into a data dir.
-"""
+"""etcdserverpb.Maintenance: each request is one call into ``core.maintenance``; Snapshot streams the
+file in 32 KiB chunks and then its SHA-256, as etcd's v3rpc does with its bbolt file."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
 
-import grpc
-from crc32c import crc32c
-
-from .. import __version__
-from ..core import errors
-from ..version import CLUSTER_VERSION
-from ..version import SERVER_VERSION as ETCD_VERSION
-from ..core.alarm import describe
-from ..core.server import Node
+from ..core.maintenance import Maintenance
 from ..pb.etcdserverpb import rpc_pb2 as pb
-from ..storage.memory.wal import WAL, snapshot_revision, snapshot_size
+from .context import CallContext
+from .credentials import CredentialsReader
 
 log = logging.getLogger("etcdlite.maintenance")
 
-# Status.version: the etcd release whose API etcdlite serves, tagged as etcdlite's (semver build metadata)
-SERVER_VERSION = f"{ETCD_VERSION}+etcdlite.{__version__}"
 SNAPSHOT_CHUNK = 32 * 1024  # etcd's snapshotSendBufferSize
 
 
 class MaintenanceService:
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self._in_use: tuple[tuple[int, int, int], int] = ((-1, -1, -1), 0)  # (state it was computed for, size)
+    def __init__(self, maintenance: Maintenance, who: CredentialsReader) -> None:
+        self._maintenance = maintenance
+        self._who = who
 
-    async def status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
-        node = self._node
-        wal = node.wal
-        index = wal.durable_index if wal is not None else 0
-        size = node.db_size()
-        in_use = self._size_in_use()
-        resp = pb.StatusResponse(
-            version=SERVER_VERSION, dbSize=size, dbSizeInUse=min(in_use, size) if size else in_use,
-            leader=node.member_id, raftIndex=index, raftTerm=node.raft_term, raftAppliedIndex=index,
-            isLearner=False)
-        resp.errors.extend(describe(alarm) for alarm in node.alarms.get())
-        if wal is not None and wal.failure is not None:
-            resp.errors.append(wal.failure.message)
-        node.fill_header(resp.header)
-        return resp
+    async def status(self, request: pb.StatusRequest, context: CallContext) -> pb.StatusResponse:
+        return await self._maintenance.status(request, self._who(context))
 
-    def _size_in_use(self) -> int:
-        """What a snapshot would take now; walking the history is O(versions), so it is kept per state."""
-        node = self._node
-        state = (node.store.current_revision, node.store.compact_revision, len(node.lessor.leases()))
-        if state != self._in_use[0]:
-            self._in_use = (state, snapshot_size(node.store, node.lessor))
-        return self._in_use[1]
+    async def alarm(self, request: pb.AlarmRequest, context: CallContext) -> pb.AlarmResponse:
+        return await self._maintenance.alarm(request, self._who(context))
 
-    async def alarm(self, request: pb.AlarmRequest, context: grpc.aio.ServicerContext) -> pb.AlarmResponse:
-        self._node.auth.check_alarm(context, request)
-        alarms = self._node.alarms
-        resp = pb.AlarmResponse()
-        if request.action == pb.AlarmRequest.GET:
-            resp.alarms.extend(alarms.get(request.alarm))
-        else:
-            if request.action == pb.AlarmRequest.ACTIVATE:
-                changed = alarms.activate(request.memberID, request.alarm)
-            else:
-                changed = alarms.deactivate(request.memberID, request.alarm)
-            if changed is not None:
-                resp.alarms.append(changed)
-        self._node.fill_header(resp.header)
-        return resp
+    async def defragment(self, request: pb.DefragmentRequest, context: CallContext) -> pb.DefragmentResponse:
+        return await self._maintenance.defragment(request, self._who(context))
 
-    async def defragment(self, request: pb.DefragmentRequest, context: grpc.aio.ServicerContext
-                         ) -> pb.DefragmentResponse:
-        self._node.auth.check_maintenance_admin(context)
-        wal = self._wal()
-        log.info("starting defragment", extra={"fields": {"db-size-bytes": wal.disk_size()}})
-        await wal.snapshot()
-        log.info("finished defragment", extra={"fields": {"db-size-bytes": wal.disk_size()}})
-        return pb.DefragmentResponse()  # etcd answers without a header
+    async def hash(self, request: pb.HashRequest, context: CallContext) -> pb.HashResponse:
+        return await self._maintenance.hash(request, self._who(context))
 
-    async def snapshot(self, request: pb.SnapshotRequest, context: grpc.aio.ServicerContext) -> None:
-        self._node.auth.check_maintenance_admin(context)
-        data = await self._wal().snapshot()
+    async def hash_k_v(self, request: pb.HashKVRequest, context: CallContext) -> pb.HashKVResponse:
+        return await self._maintenance.hash_k_v(request, self._who(context))
+
+    async def move_leader(self, request: pb.MoveLeaderRequest, context: CallContext) -> pb.MoveLeaderResponse:
+        return await self._maintenance.move_leader(request, self._who(context))
+
+    async def downgrade(self, request: pb.DowngradeRequest, context: CallContext) -> pb.DowngradeResponse:
+        return await self._maintenance.downgrade(request, self._who(context))
+
+    async def snapshot(self, request: pb.SnapshotRequest, context: CallContext) -> None:
+        data, header = await self._maintenance.snapshot(self._who(context))
         total = len(data)
         log.info("sending database snapshot to client", extra={"fields": {"total-bytes": total}})
         digest = hashlib.sha256()
-        header = pb.ResponseHeader(revision=snapshot_revision(data))
-        self._node.fill_header(header)
         sent = 0
         while sent < total:
             blob = data[sent:sent + SNAPSHOT_CHUNK]
@@ -104,66 +58,3 @@ class MaintenanceService:
             await context.write(resp)
         await context.write(pb.SnapshotResponse(remaining_bytes=0, blob=digest.digest()))
         log.info("sent database snapshot to client", extra={"fields": {"total-bytes": total}})
-
-    async def hash(self, request: pb.HashRequest, context: grpc.aio.ServicerContext) -> pb.HashResponse:
-        """etcd hashes its whole bbolt file; etcdlite hashes what it stores: every version and lease."""
-        self._node.auth.check_maintenance_admin(context)
-        store = self._node.store
-        kv_hash, current = store.hash_kv(0) if store.compact_main_revision < store.current_revision \
-            else (0, store.current_revision)
-        leases = b"".join(le.id.to_bytes(8, "big") + le.ttl.to_bytes(8, "big")
-                          for le in sorted(self._node.lessor.leases(), key=lambda le: le.id))
-        resp = pb.HashResponse(hash=crc32c(leases, kv_hash))
-        resp.header.revision = current
-        self._node.fill_header(resp.header)
-        return resp
-
-    async def hash_k_v(self, request: pb.HashKVRequest, context: grpc.aio.ServicerContext) -> pb.HashKVResponse:
-        self._node.auth.check_maintenance_admin(context)
-        store = self._node.store
-        h, current = store.hash_kv(request.revision)
-        resp = pb.HashKVResponse(hash=h, compact_revision=store.compact_main_revision)
-        resp.header.revision = current
-        self._node.fill_header(resp.header)
-        return resp
-
-    async def move_leader(self, request: pb.MoveLeaderRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.MoveLeaderResponse:
-        self._node.auth.check_admin(context)
-        node = self._node
-        target = next((m for m in node.membership.members() if m.id == request.targetID), None)
-        if target is None or target.is_learner:
-            raise errors.BAD_LEADER_TRANSFEREE
-        if target.id != node.member_id:
-            raise errors.TIMEOUT  # an added member never starts, so it never catches up to take over
-        return pb.MoveLeaderResponse()  # etcd answers without a header
-
-    async def downgrade(self, request: pb.DowngradeRequest, context: grpc.aio.ServicerContext
-                        ) -> pb.DowngradeResponse:
-        self._node.auth.check_admin(context)
-        if request.action != pb.DowngradeRequest.VALIDATE:
-            # what a one-member etcd 3.5 answers to ENABLE and CANCEL (it never completes them)
-            raise errors.TIMEOUT
-        _check_downgrade_target(request.version)
-        resp = pb.DowngradeResponse(version=CLUSTER_VERSION)
-        self._node.fill_header(resp.header)
-        return resp
-
-    def _wal(self) -> WAL:
-        if self._node.wal is None:
-            raise errors.STOPPED
-        return self._node.wal
-
-
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
-
-
-def _check_downgrade_target(version: str) -> None:
-    """etcd's downgrade validation: a semver one minor release below the cluster's."""
-    m = _SEMVER.match(version)
-    if m is None:
-        raise errors.EtcdError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "etcdserver: wrong downgrade target version format")
-    major, minor = (int(x) for x in CLUSTER_VERSION.split(".")[:2])
-    if (int(m.group(1)), int(m.group(2))) != (major, minor - 1):
-        raise errors.EtcdError(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: invalid downgrade target version")

@@ -16,16 +16,16 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import grpc
-
-from ..core import errors
-from ..core.auth.store import WATCH_PERMISSION_DENIED
+from .. import errors
+from ..core.auth.model import WATCH_PERMISSION_DENIED, Credentials
 from ..core.kv import set_kv
-from ..storage.memory.mvcc import KeyValue, MVCCStore
-from ..core.server import Node
+from ..core.server import Core
+from ..core.watch import Watcher, WatchResponse, WatchSpec, WatchStream
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..pb.mvccpb import kv_pb2
-from ..core.watch import Watcher, WatchResponse, WatchSpec, WatchStream
+from ..storage.backend import KeyValue
+from .context import CallContext
+from .credentials import CredentialsReader
 
 log = logging.getLogger("etcdlite.watch")
 
@@ -65,14 +65,6 @@ def spec_from_request(creq: pb.WatchCreateRequest, current_revision: int) -> Wat
 
 def _is_create(kv: KeyValue) -> bool:
     return not kv.is_tombstone and kv.create_revision == kv.mod_revision
-
-
-def prev_kv_of(store: MVCCStore, kv: KeyValue) -> KeyValue | None:
-    """The key before this event, as etcd reads it at mod_revision-1 (none once compacted away)."""
-    rev = kv.mod_revision - 1
-    if rev < store.compact_revision:
-        return None
-    return store.get(kv.key, rev)
 
 
 def _varint_size(n: int) -> int:
@@ -147,14 +139,14 @@ class EncodedEvents:
 class _WatchSession:
     """One Watch RPC: its hub stream, reader and sender."""
 
-    def __init__(self, node: Node, stream: WatchStream, send: Send, interval: float, max_bytes: int,
-                 context: grpc.aio.ServicerContext | None = None, encoded: EncodedEvents | None = None) -> None:
-        self._node = node
+    def __init__(self, core: Core, stream: WatchStream, send: Send, interval: float, max_bytes: int,
+                 context: CallContext | None = None, who: Credentials | None = None,
+                 encoded: EncodedEvents | None = None) -> None:
+        self._core = core
         # the engine's calls take ready-made bytes; the HTTP gateway's take messages (it writes JSON)
         self._send_serialized = getattr(context, "write_serialized", None) if encoded is not None else None
         self._encoded = encoded if encoded is not None else EncodedEvents()
-        self._context = context  # the RPC's credentials, for the permission check of each create
-        self._store = node.store
+        self._who = who  # the RPC's credentials, for the permission check of each create
         self._stream = stream
         self._send = send
         self._interval = interval
@@ -181,7 +173,7 @@ class _WatchSession:
             # anything else is ignored, as etcd does
 
     def _create(self, creq: pb.WatchCreateRequest) -> None:
-        if not self._node.auth.is_watch_permitted(self._context, creq):
+        if not self._core.watch_permitted(self._who, creq):
             # etcd 3.5's refusal: created and canceled, under the requested watch id, as a control response
             self._stream.refuse(creq.watch_id, WATCH_PERMISSION_DENIED)
             return
@@ -273,11 +265,11 @@ class _WatchSession:
         return wr.SerializeToString()
 
     def _fill_body(self, wr: pb.WatchResponse, revision: int, events: list[KeyValue], with_prev: bool) -> None:
-        node = self._node
+        core = self._core
         header = wr.header
-        header.cluster_id = node.cluster_id
-        header.member_id = node.member_id
-        header.raft_term = node.raft_term
+        header.cluster_id = core.cluster_id
+        header.member_id = core.member_id
+        header.raft_term = core.raft_term
         header.revision = revision
         add = wr.events.add
         for kv in events:
@@ -288,24 +280,25 @@ class _WatchSession:
             ev.type = kv_pb2.Event.DELETE
         set_kv(ev.kv, kv)
         if with_prev and not _is_create(kv):
-            prev = prev_kv_of(self._store, kv)
+            prev = self._core.prev_kv(kv)
             if prev is not None:
                 set_kv(ev.prev_kv, prev)
 
 
 class WatchService:
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self._hub = node.watches
-        self._interval = progress_interval(node.config.watch_progress_notify_interval)
+    def __init__(self, core: Core, who: CredentialsReader) -> None:
+        self._core = core
+        self._who = who
+        self._hub = core.watches
+        self._interval = progress_interval(core.config.watch_progress_notify_interval)
         # etcd fragments at the gRPC receive limit: max-request-bytes plus gRPC's overhead allowance
-        self._max_bytes = node.config.grpc_max_receive_bytes
+        self._max_bytes = core.config.grpc_max_receive_bytes
         self._encoded = EncodedEvents()
 
-    async def watch(self, requests: AsyncIterator[pb.WatchRequest], context: grpc.aio.ServicerContext) -> None:
+    async def watch(self, requests: AsyncIterator[pb.WatchRequest], context: CallContext) -> None:
         stream = self._hub.new_stream()
-        session = _WatchSession(self._node, stream, context.write, self._interval, self._max_bytes, context,
-                                self._encoded)
+        session = _WatchSession(self._core, stream, context.write, self._interval, self._max_bytes, context,
+                                self._who(context), self._encoded)
         sender = asyncio.create_task(session.send_loop(), name="watch-send")
         reader = asyncio.create_task(session.recv_loop(requests), name="watch-recv")
         try:

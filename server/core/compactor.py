@@ -16,7 +16,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from . import errors
+from .. import errors
+from ..lifecycle import OwnedTask
 from ..config import ConfigError, parse_go_duration
 
 log = logging.getLogger("etcdlite.compactor")
@@ -58,27 +59,20 @@ class Compactor(abc.ABC):
         self._revision = revision
         self._compact = compact
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(type(self).__name__, self._run)
 
     @abc.abstractmethod
     async def _run(self) -> None:
         """The compaction loop (runs until cancelled)."""
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=type(self).__name__)
+        self._task.start()
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._task.cancel()
 
     async def wait_closed(self) -> None:
-        if self._task is not None:
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._task.wait()
 
     async def _try(self, rev: int, fields: dict[str, object]) -> bool:
         """Compact to ``rev``; "already compacted" counts as done, as in etcd."""

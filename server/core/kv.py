@@ -1,18 +1,18 @@
 """etcd's KV semantics over the MVCC store (etcd's etcdserver/apply.go and v3rpc/key.go checks).
 
-Requests and responses are etcd's protobuf messages; each write returns the
-journal sequence number the caller waits on before answering, so a client
-only hears of a write once it is durable.
+Requests and responses are etcd's protobuf messages.  The write methods run
+inside a backend write txn (``Backend.write``), which makes them durable before
+the caller answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from . import errors
+from .. import errors
 from .gosort import go_sort
+from ..storage.backend import Backend, KeyValue, WriteTxn
 from .lease import Lessor
-from ..storage.memory.mvcc import KeyValue, MVCCStore, WriteTxn
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..pb.mvccpb import kv_pb2
 
@@ -168,8 +168,8 @@ def _check_intervals(reqs: Iterable[pb.RequestOp]) -> tuple[set[bytes], _Deletes
 
 # -- the applier --------------------------------------------------------------------------------
 class KVApplier:
-    def __init__(self, store: MVCCStore, lessor: Lessor) -> None:
-        self.store = store
+    def __init__(self, backend: Backend, lessor: Lessor) -> None:
+        self.backend = backend
         self.lessor = lessor
 
     # Range ------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ class KVApplier:
         elif limit > 0:
             limit += 1  # one extra for `more`
         if txn is None:
-            rr = self.store.range(r.key, r.range_end, r.revision, limit, count_only=r.count_only)
+            rr = self.backend.range(r.key, r.range_end, r.revision, limit, count_only=r.count_only)
         else:
             rr = txn.range(r.key, r.range_end, r.revision, limit, count_only=r.count_only)
         kvs = rr.kvs
@@ -219,15 +219,10 @@ class KVApplier:
         return resp
 
     # Put ----------------------------------------------------------------------------------------
-    def put(self, r: pb.PutRequest) -> tuple[pb.PutResponse, int]:
+    def put(self, txn: WriteTxn, r: pb.PutRequest) -> pb.PutResponse:
         if r.lease and not self.lessor.exists(r.lease):
             raise errors.LEASE_NOT_FOUND
-        txn = self.store.write_txn()
-        try:
-            resp = self._put(txn, r)
-        finally:
-            seq = txn.end()
-        return resp, seq
+        return self._put(txn, r)
 
     def _put(self, txn: WriteTxn, r: pb.PutRequest, resp: pb.PutResponse | None = None) -> pb.PutResponse:
         value, lease = r.value, r.lease
@@ -247,13 +242,8 @@ class KVApplier:
         return resp
 
     # DeleteRange ------------------------------------------------------------------------------
-    def delete_range(self, r: pb.DeleteRangeRequest) -> tuple[pb.DeleteRangeResponse, int]:
-        txn = self.store.write_txn()
-        try:
-            resp = self._delete_range(txn, r)
-        finally:
-            seq = txn.end()
-        return resp, seq
+    def delete_range(self, txn: WriteTxn, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+        return self._delete_range(txn, r)
 
     def _delete_range(self, txn: WriteTxn, r: pb.DeleteRangeRequest,
                       resp: pb.DeleteRangeResponse | None = None) -> pb.DeleteRangeResponse:
@@ -268,31 +258,26 @@ class KVApplier:
         return resp
 
     # Txn ----------------------------------------------------------------------------------------
-    def txn(self, r: pb.TxnRequest) -> tuple[pb.TxnResponse, int]:
-        store = self.store
-        head = store.current_revision
-        path = self._compare_path(r, head)
-        self._check_requests(r, path, head)
-        txn = store.write_txn()
-        try:
-            resp = pb.TxnResponse()
-            self._apply_txn(txn, r, iter(path), resp)
-        finally:
-            seq = txn.end()
+    def txn(self, txn: WriteTxn, r: pb.TxnRequest) -> pb.TxnResponse:
+        head = txn.base_revision
+        path = self._compare_path(txn, r, head)
+        self._check_requests(txn, r, path, head)
+        resp = pb.TxnResponse()
+        self._apply_txn(txn, r, iter(path), resp)
         resp.header.revision = txn.read_revision
-        return resp, seq
+        return resp
 
-    def _compare_path(self, r: pb.TxnRequest, head: int) -> list[bool]:
+    def _compare_path(self, txn: WriteTxn, r: pb.TxnRequest, head: int) -> list[bool]:
         """Which branch each (nested) txn takes, decided up front as etcd does."""
-        ok = all(self._compare(c, head) for c in r.compare)
+        ok = all(self._compare(txn, c, head) for c in r.compare)
         path = [ok]
         for op in r.success if ok else r.failure:
             if op.WhichOneof("request") == "request_txn":
-                path.extend(self._compare_path(op.request_txn, head))
+                path.extend(self._compare_path(txn, op.request_txn, head))
         return path
 
-    def _compare(self, c: pb.Compare, head: int) -> bool:
-        kvs = self.store.range(c.key, c.range_end, head, head=head).kvs
+    def _compare(self, txn: WriteTxn, c: pb.Compare, head: int) -> bool:
+        kvs = txn.range(c.key, c.range_end, head).kvs
         target = c.target
         if not kvs:
             if target == Compare.VALUE:
@@ -300,7 +285,7 @@ class KVApplier:
             return _compare_kv(c, None)
         return all(_compare_kv(c, kv) for kv in kvs)
 
-    def _check_requests(self, r: pb.TxnRequest, path: list[bool], head: int) -> None:
+    def _check_requests(self, txn: WriteTxn, r: pb.TxnRequest, path: list[bool], head: int) -> None:
         it = iter(path)
 
         def walk(t: pb.TxnRequest) -> None:
@@ -310,7 +295,7 @@ class KVApplier:
                     walk(op.request_txn)
                 elif which == "request_put":
                     p = op.request_put
-                    if (p.ignore_value or p.ignore_lease) and self.store.get(p.key, head) is None:
+                    if (p.ignore_value or p.ignore_lease) and txn.get(p.key) is None:
                         raise errors.KEY_NOT_FOUND
                     if p.lease and not self.lessor.exists(p.lease):
                         raise errors.LEASE_NOT_FOUND
@@ -318,7 +303,7 @@ class KVApplier:
                     rev = op.request_range.revision
                     if rev > head:
                         raise errors.FUTURE_REV
-                    if 0 < rev < self.store.compact_revision:
+                    if 0 < rev < self.backend.compact_revision:
                         raise errors.COMPACTED
 
         walk(r)
@@ -347,12 +332,6 @@ class KVApplier:
                 self._apply_txn(txn, op.request_txn, path, sub)
                 sub.header.SetInParent()
 
-    # Compact ----------------------------------------------------------------------------------
-    def compact(self, r: pb.CompactionRequest) -> tuple[pb.CompactionResponse, int]:
-        seq = self.store.compact(r.revision)
-        resp = pb.CompactionResponse()
-        resp.header.revision = self.store.current_revision
-        return resp, seq
 
 
 def _compare_kv(c: pb.Compare, kv: KeyValue | None) -> bool:
@@ -383,3 +362,12 @@ def _compare_kv(c: pb.Compare, kv: KeyValue | None) -> bool:
 
 def _cmp(a, b) -> int:
     return (a > b) - (a < b)
+
+
+def has_put(r: pb.TxnRequest) -> bool:
+    """A txn that may add data (the quota applies), in either branch, nested txns too."""
+    for op in (*r.success, *r.failure):
+        which = op.WhichOneof("request")
+        if which == "request_put" or (which == "request_txn" and has_put(op.request_txn)):
+            return True
+    return False

@@ -1,9 +1,10 @@
 """The lessor: leases, their keys and their expiry (etcd's lease package).
 
-The lessor does not know the store.  It revokes through a small delete-txn
-interface: one txn deletes the lease's keys in sorted order and drops the
-lease, so a revoke is one revision, as in etcd.  A background reaper, owned
-by the lessor, revokes leases as they expire.
+The lessor does not know the store.  Grants and revokes happen inside a write
+txn through a small interface: a revoke deletes the lease's keys in sorted
+order and drops the lease in one txn, so it is one revision, as in etcd.  A
+background reaper, owned by the lessor, hands each expired lease to
+``on_expired`` (core revokes it through the backend).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
-from . import errors
+from .. import errors
+from ..lifecycle import OwnedTask
 
 log = logging.getLogger("etcdlite.lease")
 
@@ -25,12 +27,13 @@ MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL (seconds)
 DEFAULT_MIN_TTL = math.ceil((3 * 10) // 2 * 0.1)
 
 
-class DeleteTxn(Protocol):
+class LeaseTxn(Protocol):
+    """What a grant or revoke needs of a write txn (etcd's lessor has a delete-txn interface)."""
+
+    lease_grants: list[tuple[int, int]]
     lease_revokes: list[int]
 
-    def delete_range(self, key: bytes, end: bytes | None) -> list: ...
-
-    def end(self, lease_grants: list[tuple[int, int]] | None = None) -> int: ...
+    def delete_range(self, key: bytes, end: bytes | None) -> list[Any]: ...
 
 
 class Lease:
@@ -59,17 +62,16 @@ class IdGenerator:
 
 
 class Lessor:
-    def __init__(self, begin_delete_txn: Callable[[], DeleteTxn], member_id: int,
-                 min_ttl: int = DEFAULT_MIN_TTL, clock: Callable[[], float] = time.monotonic) -> None:
-        self._begin_delete_txn = begin_delete_txn
+    def __init__(self, member_id: int, min_ttl: int = DEFAULT_MIN_TTL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._ids = IdGenerator(member_id)
         self._min_ttl = min_ttl
         self._clock = clock
         self._leases: dict[int, Lease] = {}
         self._expiry_heap: list[tuple[float, int]] = []
         self._wakeup = asyncio.Event()
-        self._reaper: asyncio.Task[None] | None = None
-        self._revoke_listeners: list[Callable[[int], None]] = []
+        self._reaper = OwnedTask("lease-reaper", self._reap_forever)
+        self.on_expired: Callable[[int], None] | None = None  # revoke an expired lease (set by core)
 
     # -- the store's side (LeaseAttacher) ------------------------------------------------
     def exists(self, lease_id: int) -> bool:
@@ -92,8 +94,8 @@ class Lessor:
             if lease_id and lease_id not in self._leases:
                 return lease_id
 
-    def grant(self, lease_id: int, ttl: int) -> tuple[Lease, int]:
-        """Grant a lease (``lease_id`` 0: choose one).  Returns it and the journal sequence."""
+    def grant(self, txn: LeaseTxn, lease_id: int, ttl: int) -> Lease:
+        """Grant a lease in ``txn`` (``lease_id`` 0: choose one)."""
         if lease_id == 0:
             lease_id = self.new_id()
         if ttl > MAX_LEASE_TTL:
@@ -101,8 +103,8 @@ class Lessor:
         if lease_id in self._leases:
             raise errors.LEASE_EXIST
         lease = self._add(lease_id, ttl)
-        seq = self._begin_delete_txn().end(lease_grants=[(lease.id, lease.ttl)])
-        return lease, seq
+        txn.lease_grants.append((lease.id, lease.ttl))
+        return lease
 
     def _add(self, lease_id: int, ttl: int) -> Lease:
         ttl = max(ttl, self._min_ttl)
@@ -111,20 +113,15 @@ class Lessor:
         self._schedule(lease)
         return lease
 
-    def revoke(self, lease_id: int) -> int:
-        """Delete the lease and its keys in one txn; returns the journal sequence."""
+    def revoke(self, txn: LeaseTxn, lease_id: int) -> None:
+        """Delete the lease and its keys in ``txn``."""
         lease = self._leases.get(lease_id)
         if lease is None:
             raise errors.LEASE_NOT_FOUND
-        txn = self._begin_delete_txn()
         for key in sorted(lease.keys):
             txn.delete_range(key, None)
         txn.lease_revokes.append(lease_id)
         del self._leases[lease_id]
-        seq = txn.end()
-        for listener in self._revoke_listeners:
-            listener(lease_id)
-        return seq
 
     def renew(self, lease_id: int) -> int:
         """Keep-alive: restart the lease's TTL; returns the TTL."""
@@ -149,16 +146,15 @@ class Lessor:
     def leases(self) -> list[Lease]:
         return list(self._leases.values())
 
-    def add_revoke_listener(self, listener: Callable[[int], None]) -> None:
-        self._revoke_listeners.append(listener)
-
     # -- recovery -------------------------------------------------------------------------
-    def restore_grant(self, lease_id: int, ttl: int) -> None:
-        """A lease from the journal: like etcd, it gets its full TTL again from start-up."""
-        self._add(lease_id, ttl)
-
-    def restore_revoke(self, lease_id: int) -> None:
-        self._leases.pop(lease_id, None)
+    def restore(self, granted: dict[int, int], live: Iterable[tuple[bytes, int]]) -> None:
+        """The leases the backend recovered and the live keys with their leases: like etcd, each
+        lease gets its full TTL again from start-up."""
+        for lease_id, ttl in granted.items():
+            self._add(lease_id, ttl)
+        if self._leases:  # no lease to attach to: skip the walk over every key
+            for key, lease_id in live:
+                self.attach(lease_id, key)
 
     # -- expiry -------------------------------------------------------------------------------
     def _schedule(self, lease: Lease) -> None:
@@ -203,26 +199,21 @@ class Lessor:
                 except TimeoutError:
                     pass
             for lease_id in self.expired():
-                try:
-                    self.revoke(lease_id)
-                except errors.EtcdError:
+                if lease_id not in self._leases or self.on_expired is None:
                     continue  # revoked meanwhile by a client
+                try:
+                    self.on_expired(lease_id)
+                except errors.EtcdError:
+                    continue
                 except Exception:  # the reaper must outlive a failing journal
                     log.exception("revoking expired lease %x failed", lease_id)
             await asyncio.sleep(0)
 
     def start(self) -> None:
-        if self._reaper is None:
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever(), name="lease-reaper")
+        self._reaper.start()
 
     def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
+        self._reaper.cancel()
 
     async def wait_closed(self) -> None:
-        if self._reaper is not None:
-            try:
-                await self._reaper
-            except asyncio.CancelledError:
-                pass
-            self._reaper = None
+        await self._reaper.wait()

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import errors
+from .. import errors
 from ..storage.fsutil import write_atomic
 
 

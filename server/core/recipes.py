@@ -1,10 +1,10 @@
 """etcd's clientv3/concurrency recipes, run inside the server (what v3lock and v3election use).
 
 etcd serves Lock and Election by running its client recipes against an
-in-process client (v3client); here ``LocalClient`` calls the KV and Lease
-services directly and watches through the hub, so every step has exactly the
+in-process client (v3client); here ``LocalClient`` calls core's KV and Lease
+pipeline directly and watches through the hub, so every step has exactly the
 checks, revisions and durability waits a client would see.  Errors reach the
-client as etcd's do: an etcd error's message under gRPC code UNKNOWN (the
+client as etcd's do: an etcd error's message under code UNKNOWN (the
 in-process client's error type carries no gRPC status).
 """
 
@@ -15,22 +15,18 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import grpc
-
-from . import errors
-from .kv import to_pb
-from .server import Node
+from .. import errors
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..pb.mvccpb import kv_pb2
 from ..pb.v3electionpb import v3election_pb2 as epb
+from .kv import to_pb
+from .server import Core, Who
 from .watch import StreamClosed, WatchResponse, WatchSpec, prefix_end
-from ..api.kv import KVService
-from ..api.lease import LeaseService
 
 DEFAULT_SESSION_TTL = 60  # concurrency.defaultSessionTTL
 NO_LEASE = 0
 
-_UNKNOWN = grpc.StatusCode.UNKNOWN
+_UNKNOWN = errors.Code.UNKNOWN
 ERR_ELECTION_NOT_LEADER = errors.EtcdError(_UNKNOWN, "election: not leader")
 ERR_ELECTION_NO_LEADER = errors.EtcdError(_UNKNOWN, "election: no leader")
 ERR_MISSING_LEADER_KEY = errors.EtcdError(_UNKNOWN, '"leader" field must be provided')
@@ -86,8 +82,8 @@ def op_delete(key: bytes) -> pb.RequestOp:
 class LocalWatch:
     """An in-process watch (a clientv3 watch channel): responses until a delete, compaction or close."""
 
-    def __init__(self, node: Node, spec: WatchSpec) -> None:
-        self._stream = node.watches.new_stream()
+    def __init__(self, core: Core, spec: WatchSpec) -> None:
+        self._stream = core.watches.new_stream()
         self._stream.create(spec)
         self.compacted = False
 
@@ -115,57 +111,44 @@ class LocalWatch:
                 return resp
 
 
-class Services:
-    """The KV and Lease services the recipes call, made once per recipe service."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.kv = KVService(node)
-        self.lease = LeaseService(node)
-
-    def client(self, context: grpc.aio.ServicerContext | None) -> LocalClient:
-        return LocalClient(self, context)
-
-
 class LocalClient:
     """etcd's v3client: the server's own services, called in-process with the caller's credentials."""
 
-    def __init__(self, services: Services, context: grpc.aio.ServicerContext | None) -> None:
-        self.node = services.node
-        self._kv = services.kv
-        self._lease = services.lease
-        self._context = context  # as etcd passes the request's context on: same user, same permissions
+    def __init__(self, core: Core, who: Who) -> None:
+        self.core = core
+        self._who = who  # as etcd passes the request's context on: same user, same permissions
 
     async def txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
-        return await self._kv.txn(r, self._context)
+        return await self.core.txn(r, self._who)
 
     async def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
-        return await self._kv.range(r, self._context)
+        return await self.core.range(r, self._who)
 
     async def delete(self, key: bytes) -> pb.DeleteRangeResponse:
-        return await self._kv.delete_range(pb.DeleteRangeRequest(key=key), self._context)
+        return await self.core.delete_range(pb.DeleteRangeRequest(key=key), self._who)
 
     def delete_now(self, key: bytes) -> None:
         """A delete that must happen even while the caller is being canceled: applied, not awaited."""
-        self.node.kv.delete_range(pb.DeleteRangeRequest(key=key))
+        request = pb.DeleteRangeRequest(key=key)
+        self.core.backend.write_nowait(lambda txn: self.core.kv.delete_range(txn, request))
 
     def txn_now(self, r: pb.TxnRequest) -> None:
-        self.node.kv.txn(r)
+        self.core.backend.write_nowait(lambda txn: self.core.kv.txn(txn, r))
 
     async def session_lease(self, lease: int) -> int:
         """concurrency.NewSession(WithLease(lease)) then Orphan(): no lease given means a fresh 60s one."""
         if lease != NO_LEASE:
             return lease
-        resp = await self._lease.lease_grant(pb.LeaseGrantRequest(TTL=DEFAULT_SESSION_TTL), self._context)
+        resp = await self.core.lease_grant(pb.LeaseGrantRequest(TTL=DEFAULT_SESSION_TTL), self._who)
         return resp.ID
 
     def watch(self, key: bytes, end: bytes | None, start_revision: int) -> LocalWatch:
-        return LocalWatch(self.node, WatchSpec(key=key, end=end, start_revision=start_revision))
+        return LocalWatch(self.core, WatchSpec(key=key, end=end, start_revision=start_revision))
 
     def header(self, revision: int) -> pb.ResponseHeader:
-        node = self.node
-        return pb.ResponseHeader(cluster_id=node.cluster_id, member_id=node.member_id,
-                                 raft_term=node.raft_term, revision=revision)
+        core = self.core
+        return pb.ResponseHeader(cluster_id=core.cluster_id, member_id=core.member_id,
+                                 raft_term=core.raft_term, revision=revision)
 
     # -- clientv3/concurrency/key.go ----------------------------------------------------
     async def wait_delete(self, key: bytes, revision: int) -> None:

@@ -1,24 +1,35 @@
-"""One etcd member's state: the store, the lessor and the KV applier, wired together.
+"""The core server: one etcd member's state and the request pipeline, written once.
 
-The gRPC servicers get a Node and hold nothing of their own.
+Every KV and Lease request goes through the same steps, as in etcd's ``EtcdServer``:
+validate (etcd's v3rpc checks) -> authorize (``who``: the caller's credentials, plain data)
+-> size (``--max-request-bytes``) -> quota (NOSPACE, CORRUPT) -> apply in a backend write txn
+-> wait until durable -> fill the response header.  The api layer makes one call per request
+(``await core.put(request, who)``) and gets etcd's response or an ``errors.EtcdError``.
+
+Maintenance, cluster and auth-management requests live beside this class
+(``core.maintenance``, ``core.cluster``, ``core.auth.admin``); they share its header and
+identity.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-from . import errors
+from .. import errors
+from ..config import DEFAULT_QUOTA_BACKEND_BYTES, Config
+from ..pb.etcdserverpb import rpc_pb2 as pb
+from ..storage.backend import Backend, KeyValue, Recovered, WriteTxn
+from . import kv
 from .alarm import CORRUPT, NOSPACE, AlarmStore
+from .auth.model import Credentials
 from .auth.store import AuthStore
 from .compactor import Compactor, new_compactor
-from ..config import DEFAULT_QUOTA_BACKEND_BYTES, Config
 from .kv import KVApplier
 from .lease import Lessor
 from .membership import Member, Membership
-from ..storage.memory.mvcc import MVCCStore
-from ..pb.etcdserverpb import rpc_pb2 as pb
-from ..storage.memory.wal import WAL, DiskFaults, Recovery, WALOptions
 from .watch import WatchHub
 
 log = logging.getLogger("etcdlite")
@@ -26,71 +37,102 @@ log = logging.getLogger("etcdlite")
 # A fresh single-member etcd reports raft term 2 (its first election).
 RAFT_TERM = 2
 
+R = TypeVar("R")
+Who = Credentials | None  # None: an in-process caller, with no credentials
 
-class Node:
-    def __init__(self, config: Config) -> None:
+
+class Core:
+    """One member: the backend, the lessor, the watch hub, auth, alarms, membership, compaction."""
+
+    def __init__(self, config: Config, backend: Backend) -> None:
         self.config = config
         self.member_id = config.member_id
         self.cluster_id = config.cluster_id
         self.raft_term = RAFT_TERM
-        self.store = MVCCStore()
-        self.lessor = Lessor(self.store.write_txn, self.member_id)
-        self.store.leases = self.lessor
-        self.kv = KVApplier(self.store, self.lessor)
+        self.backend = backend
+        self.lessor = Lessor(self.member_id)
+        self.lessor.on_expired = self._revoke_expired
+        backend.set_lease_attacher(self.lessor)
+        self.kv = KVApplier(backend, self.lessor)
+        member_dir = Path(config.data_dir) / "member"
         local = Member(self.member_id, config.name, config.peer_urls, config.advertise_client_urls)
-        self.membership = Membership(local, config.initial_cluster_token,
-                                     Path(config.data_dir) / "member" / "members.json",
+        self.membership = Membership(local, config.initial_cluster_token, member_dir / "members.json",
                                      fsync=not config.unsafe_no_fsync)
-        self.watches = WatchHub(self.store)
+        self.watches = WatchHub(backend)
         self.auth = AuthStore.from_config(config, self._lease_keys)
-        self.alarms = AlarmStore(Path(config.data_dir) / "member" / "alarms", fsync=not config.unsafe_no_fsync)
-        self.wal: WAL | None = None  # set by open_storage(); until then writes are journaled in memory
+        self.alarms = AlarmStore(member_dir / "alarms", fsync=not config.unsafe_no_fsync)
         self.compactor: Compactor | None = new_compactor(
             config.auto_compaction_mode, config.auto_compaction_retention,
-            lambda: self.store.visible_revision, self._auto_compact)
+            lambda: backend.visible_revision, self.compact_to)
+        self._max_request_bytes = config.max_request_bytes
+        self._max_txn_ops = config.max_txn_ops
+        self._recovered: Recovered | None = None
 
-    # -- the data dir (issue 4) -------------------------------------------------------------------
-    def open_storage(self) -> Recovery:
-        """Recover the state from the data dir; from now on every write is journaled there."""
-        cfg = self.config
-        options = WALOptions(fsync=not cfg.unsafe_no_fsync, snapshot_count=cfg.snapshot_count or 100_000,
-                             batch_limit=max(cfg.backend_batch_limit, 0), faults=DiskFaults.from_env())
-        wal = WAL(cfg.data_dir, self.store, self.lessor, options)
-        rec = wal.open()
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def open(self) -> Recovered:
+        """Recover the state from the backend; nothing is served before this."""
+        rec = self.backend.open()
         self.alarms.load()
-        self.store.use_journal(wal)
-        self.wal = wal
+        self.restore_leases()
+        self._recovered = rec
         log.info("recovered the data dir", extra={"fields": {
-            "data-dir": cfg.data_dir, "revision": rec.revision, "compact-revision": self.store.compact_revision,
-            "index": rec.index, "snapshot": str(rec.snapshot or ""), "replayed-entries": rec.replayed,
-            "leases": len(self.lessor.leases())}})
+            "data-dir": self.config.data_dir, "revision": rec.revision,
+            "compact-revision": self.backend.compact_revision, "index": rec.index, "snapshot": rec.source,
+            "replayed-entries": rec.replayed, "leases": len(self.lessor.leases())}})
         return rec
 
+    def restore_leases(self) -> None:
+        """The lessor from the backend's leases and the keys attached to them."""
+        backend = self.backend
+        self.lessor.restore(backend.leases(), ((kv.key, kv.lease) for kv in backend.all_live() if kv.lease))
+
     async def start(self) -> None:
-        """Open the data dir (unless done) and start the log writer and the auto-compactor."""
-        if self.wal is None:
-            self.open_storage()
-        assert self.wal is not None
-        self.wal.start()
+        """Open (unless done), then start the backend's writer, the compactor, the reaper, the watch hub."""
+        if self._recovered is None:
+            self.open()
+        self.backend.start()
         if self.compactor is not None:
             self.compactor.start()
+        self.lessor.start()
+        self.watches.start()
+
+    def end_watches(self) -> None:
+        """Watch streams never end by themselves: the first step of a shutdown ends them."""
+        self.watches.close()
 
     def close(self) -> None:
+        """Stop the background work; the backend still makes what it accepted durable."""
+        self.watches.close()
+        self.lessor.close()
         if self.compactor is not None:
             self.compactor.close()
-        if self.wal is not None:
-            self.wal.close()
+        self.backend.close()
 
     async def wait_closed(self) -> None:
-        """Returns once the auto-compactor stopped and every queued write is on disk."""
+        """Returns once every background task ended and every acknowledged write is on disk."""
+        await self.watches.wait_closed()
+        await self.lessor.wait_closed()
         if self.compactor is not None:
             await self.compactor.wait_closed()
-        if self.wal is not None:
-            await self.wal.wait_closed()
+        await self.backend.wait_closed()
 
-    async def _auto_compact(self, revision: int) -> None:
-        _, seq = self.kv.compact(pb.CompactionRequest(revision=revision))
-        await self.store.wait_durable(seq)
+    # -- the pipeline's shared steps ---------------------------------------------------------------
+    def fill_header(self, header: pb.ResponseHeader) -> None:
+        """etcd's header.fill: identity always, the revision only where the handler left none."""
+        header.cluster_id = self.cluster_id
+        header.member_id = self.member_id
+        header.raft_term = self.raft_term
+        if header.revision == 0:
+            header.revision = self.backend.visible_revision
+
+    def header(self, revision: int = 0) -> pb.ResponseHeader:
+        header = pb.ResponseHeader(revision=revision)
+        self.fill_header(header)
+        return header
+
+    def _check_size(self, request: Any) -> None:
+        if request.ByteSize() > self._max_request_bytes:
+            raise errors.REQUEST_TOO_LARGE
 
     @property
     def quota_bytes(self) -> int:
@@ -99,29 +141,15 @@ class Node:
         return DEFAULT_QUOTA_BACKEND_BYTES if quota == 0 else quota
 
     def db_size(self) -> int:
-        """Bytes on disk (etcd's dbSize)."""
-        return self.wal.disk_size() if self.wal is not None else 0
-
-    def _lease_keys(self, lease_id: int) -> set[bytes] | None:
-        lease = self.lessor.lookup(lease_id)
-        return None if lease is None else lease.keys
-
-    def fill_header(self, header: pb.ResponseHeader) -> None:
-        """etcd's header.fill: identity always, the revision only where the handler left none."""
-        header.cluster_id = self.cluster_id
-        header.member_id = self.member_id
-        header.raft_term = self.raft_term
-        if header.revision == 0:
-            header.revision = self.store.visible_revision
+        return self.backend.size()
 
     def check_space(self) -> None:
         """Before writes that add data (puts, txns with puts, lease grants), as etcd's quota check:
         refused under a NOSPACE or CORRUPT alarm, or once the data dir reaches the quota (which
-        raises NOSPACE); and once the log cannot be written."""
+        raises NOSPACE); and once the backend cannot be written."""
         if self.alarms.active(CORRUPT):
             raise errors.CORRUPT
-        if self.wal is not None:
-            self.wal.check_writable()
+        self.backend.check_writable()
         if self.alarms.active(NOSPACE):
             raise errors.NO_SPACE
         quota = self.quota_bytes
@@ -130,3 +158,125 @@ class Node:
                 "quota-size-bytes": quota, "db-size-bytes": self.db_size(), "error": errors.NO_SPACE.message}})
             self.alarms.activate(self.member_id, NOSPACE)
             raise errors.NO_SPACE
+
+    async def _write(self, request: Any, apply: Callable[[WriteTxn], R], *, sized: bool = True,
+                     needs_space: bool = False) -> R:
+        """Size, quota, apply, wait durable, header: the rest of every write's pipeline."""
+        if sized:
+            self._check_size(request)
+        if needs_space:
+            self.check_space()
+        resp = await self.backend.write(apply)
+        self.fill_header(resp.header)  # type: ignore[attr-defined]
+        return resp
+
+    # -- KV --------------------------------------------------------------------------------------------
+    async def range(self, r: pb.RangeRequest, who: Who) -> pb.RangeResponse:
+        kv.check_range(r)
+        self.auth.check_range(who, r)
+        if not r.serializable:
+            await self.backend.read_index()
+        resp = self.kv.range(r)
+        self.fill_header(resp.header)
+        return resp
+
+    async def put(self, r: pb.PutRequest, who: Who) -> pb.PutResponse:
+        kv.check_put(r)
+        self.auth.check_put(who, r)
+        return await self._write(r, lambda txn: self.kv.put(txn, r), needs_space=True)
+
+    async def delete_range(self, r: pb.DeleteRangeRequest, who: Who) -> pb.DeleteRangeResponse:
+        kv.check_delete(r)
+        self.auth.check_delete_range(who, r)
+        return await self._write(r, lambda txn: self.kv.delete_range(txn, r))
+
+    async def txn(self, r: pb.TxnRequest, who: Who) -> pb.TxnResponse:
+        kv.check_txn(r, self._max_txn_ops)
+        self.auth.check_txn(who, r)
+        # etcd serves read-only txns without raft, so their size is not checked
+        return await self._write(r, lambda txn: self.kv.txn(txn, r), sized=not kv.is_read_only(r),
+                                 needs_space=kv.has_put(r))
+
+    async def compact(self, r: pb.CompactionRequest, who: Who) -> pb.CompactionResponse:
+        self.auth.check_token(who)  # etcd checks no permission for a compaction
+        resp = pb.CompactionResponse()
+        resp.header.revision = self.backend.current_revision
+        await self.backend.compact(r.revision)
+        self.fill_header(resp.header)
+        return resp
+
+    async def compact_to(self, revision: int) -> None:
+        """The auto-compactor's compaction."""
+        await self.backend.compact(revision)
+
+    # -- leases ----------------------------------------------------------------------------------------
+    async def lease_grant(self, r: pb.LeaseGrantRequest, who: Who) -> pb.LeaseGrantResponse:
+        self.auth.check_token(who)
+
+        def grant(txn: WriteTxn) -> pb.LeaseGrantResponse:
+            lease = self.lessor.grant(txn, r.ID, r.TTL)
+            return pb.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)
+
+        return await self._write(r, grant, needs_space=True)
+
+    async def lease_revoke(self, r: pb.LeaseRevokeRequest, who: Who) -> pb.LeaseRevokeResponse:
+        self.auth.check_lease_revoke(who, r)
+
+        def revoke(txn: WriteTxn) -> pb.LeaseRevokeResponse:
+            self.lessor.revoke(txn, r.ID)
+            return pb.LeaseRevokeResponse()
+
+        return await self._write(r, revoke, sized=False)
+
+    def _revoke_expired(self, lease_id: int) -> None:
+        self.backend.write_nowait(lambda txn: self.lessor.revoke(txn, lease_id))
+
+    async def lease_keep_alive(self, r: pb.LeaseKeepAliveRequest, who: Who) -> pb.LeaseKeepAliveResponse:
+        """One keep-alive of a stream: the lease's TTL, 0 once it is gone."""
+        self.auth.check_lease_keep_alive(who, r)
+        # as etcd's LeaseRenew waits for the applied index: a grant or revoke not yet durable is not seen
+        await self.backend.wait_applied()
+        resp = pb.LeaseKeepAliveResponse(ID=r.ID)
+        # header before the renew, as etcd: its revision never runs ahead of the renewal
+        self.fill_header(resp.header)
+        try:
+            resp.TTL = self.lessor.renew(r.ID)
+        except errors.EtcdError as exc:
+            if exc is not errors.LEASE_NOT_FOUND:
+                raise
+            resp.TTL = 0
+        return resp
+
+    async def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest, who: Who) -> pb.LeaseTimeToLiveResponse:
+        self.auth.check_lease_time_to_live(who, r)
+        await self.backend.wait_applied()
+        lease = self.lessor.lookup(r.ID)
+        if lease is None:
+            resp = pb.LeaseTimeToLiveResponse(ID=r.ID, TTL=-1)
+        else:
+            resp = pb.LeaseTimeToLiveResponse(ID=r.ID, TTL=self.lessor.remaining_seconds(lease), grantedTTL=lease.ttl)
+            if r.keys:
+                resp.keys.extend(sorted(lease.keys))
+        self.fill_header(resp.header)
+        return resp
+
+    async def lease_leases(self, r: pb.LeaseLeasesRequest, who: Who) -> pb.LeaseLeasesResponse:
+        await self.backend.wait_applied()
+        resp = pb.LeaseLeasesResponse(leases=[pb.LeaseStatus(ID=le.id) for le in self.lessor.leases()])
+        self.fill_header(resp.header)
+        return resp
+
+    def _lease_keys(self, lease_id: int) -> set[bytes] | None:
+        lease = self.lessor.lookup(lease_id)
+        return None if lease is None else lease.keys
+
+    # -- watch -------------------------------------------------------------------------------------------
+    def watch_permitted(self, who: Who, creq: pb.WatchCreateRequest) -> bool:
+        return self.auth.is_watch_permitted(who, creq)
+
+    def prev_kv(self, kv: KeyValue) -> KeyValue | None:
+        """The key before this event, as etcd reads it at mod_revision-1 (none once compacted away)."""
+        rev = kv.mod_revision - 1
+        if rev < self.backend.compact_revision:
+            return None
+        return self.backend.get(kv.key, rev)

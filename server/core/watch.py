@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from itertools import islice
 
-from ..storage.memory.mvcc import KeyValue, MVCCStore
+from ..lifecycle import OwnedTask
+from ..storage.backend import Backend, KeyValue
 
 log = logging.getLogger("etcdlite.watch")
 
@@ -407,14 +408,14 @@ class WatchStream:
 class WatchHub:
     """All watchers of one store; fed by the store's durable listener and one worker task."""
 
-    def __init__(self, store: MVCCStore) -> None:
+    def __init__(self, store: Backend) -> None:
         self._store = store
         self._synced = WatcherGroup()
         self._unsynced = WatcherGroup()
         self._victims: dict[Watcher, WatchResponse] = {}
         self._streams: set[WatchStream] = set()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask("watch-hub", self._run)
         self.closed = False
         store.add_durable_listener(self._on_durable)
 
@@ -425,8 +426,8 @@ class WatchHub:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        if self._task is None and not self.closed:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="watch-hub")
+        if not self.closed:
+            self._task.start()
 
     def close(self) -> None:
         """Close every stream (their consumers see StreamClosed) and stop the worker."""
@@ -435,16 +436,10 @@ class WatchHub:
         self.closed = True
         for stream in list(self._streams):
             stream.close()
-        if self._task is not None:
-            self._task.cancel()
+        self._task.cancel()
 
     async def wait_closed(self) -> None:
-        if self._task is not None:
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._task.wait()
 
     def new_stream(self, capacity: int = CHAN_BUF_LEN) -> WatchStream:
         stream = WatchStream(self, capacity)

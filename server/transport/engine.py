@@ -28,6 +28,7 @@ import grpc
 from grpc._cython import cygrpc  # grpcio is pinned: its core API is what grpc's own servers use
 
 log = logging.getLogger("etcdlite.engine")
+_NO_DEADLINE = 1e12  # seconds: core reports a call without a deadline as one in the infinite future
 
 _NO_FLAGS = 0
 _QUEUE_TIMEOUT = cygrpc.CompletionType.queue_timeout
@@ -144,7 +145,9 @@ class ServerCall(grpc.aio.ServicerContext):
         self._done_callbacks = (*self._done_callbacks, callback)
 
     def time_remaining(self) -> float | None:
-        return None
+        """Seconds until the client's deadline (gRPC core's, from the call's details); None without one."""
+        remaining = self._event.call_details.deadline - time.time()
+        return None if remaining > _NO_DEADLINE else max(remaining, 0.0)
 
     def set_compression(self, compression: Any) -> None:
         pass

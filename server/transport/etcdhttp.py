@@ -17,18 +17,14 @@ import os
 import posixpath
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ..core import errors
-from ..core.alarm import CORRUPT, NOSPACE
+from ..api.health import HealthChecks, NodeFigures
 from ..config import Config, ConfigError
+from ..version import CLUSTER_VERSION, SERVER_VERSION
 from .gateway import Gateway
 from .httpd import Headers, HttpServer, Request, Response, StreamResponse, text_response
-from .metrics import CONTENT_TYPE, NodeFigures, ServerMetrics, render
-from ..core.server import Node
-from ..pb.etcdserverpb import rpc_pb2 as pb
-from ..version import CLUSTER_VERSION, SERVER_VERSION
+from .metrics import CONTENT_TYPE, ServerMetrics, render
 
 log = logging.getLogger("etcdlite.http")
 
@@ -44,64 +40,6 @@ def _go_json(obj: dict[str, str]) -> bytes:
 
 def _method_not_allowed() -> Response:
     return text_response(405, "Method Not Allowed", [("Allow", "GET")])
-
-
-@dataclass
-class Health:
-    health: bool
-    reason: str = ""
-
-
-class HealthChecks:
-    """The checks behind /health, /livez and /readyz, over the node."""
-
-    def __init__(self, node: Node, metrics: ServerMetrics, stopping: Callable[[], bool]) -> None:
-        self._node = node
-        self._metrics = metrics
-        self._stopping = stopping
-
-    def read(self, serializable: bool) -> str | None:
-        """etcd's Range{KeysOnly, Limit: 1}; the error text, or None when it is served."""
-        if self._stopping():
-            return errors.STOPPED.message
-        try:
-            self._node.kv.range(pb.RangeRequest(keys_only=True, limit=1, serializable=serializable))
-        except errors.EtcdError as exc:
-            return exc.message
-        return None
-
-    def alarms(self, excluded: set[str]) -> Health:
-        for member in self._node.alarms.get():
-            name = pb.AlarmType.Name(member.alarm)
-            if name in excluded:
-                continue
-            reason = {NOSPACE: "ALARM NOSPACE", CORRUPT: "ALARM CORRUPT"}.get(member.alarm, "ALARM UNKNOWN")
-            log.warning("serving /health false due to an alarm", extra={"fields": {"alarm": name}})
-            return Health(False, reason)
-        return Health(True)
-
-    def health(self, excluded: set[str], serializable: bool) -> Health:
-        """etcd 3.5's checkV3Health: alarms, then the leader (always this member), then a read."""
-        h = self.alarms(excluded)
-        if h.health:
-            error = self.read(serializable)
-            if error is not None:
-                log.warning("serving /health false; Range fails", extra={"fields": {"error": error}})
-                h = Health(False, f"RANGE ERROR:{error}")
-        if h.health:
-            self._metrics.health.success += 1
-        else:
-            self._metrics.health.failures += 1
-        return h
-
-    def registry(self, kind: str) -> dict[str, Callable[[], str | None]]:
-        """The named checks of /livez or /readyz: each returns an error text or None."""
-        checks: dict[str, Callable[[], str | None]] = {"serializable_read": lambda: self.read(True)}
-        if kind == "readyz":
-            checks["data_corruption"] = lambda: (
-                "alarm activated: CORRUPT" if self._node.alarms.active(CORRUPT) else None)
-            checks["linearizable_read"] = lambda: self.read(False)
-        return checks
 
 
 def _query_set(request: Request, name: str) -> set[str]:
@@ -258,22 +196,12 @@ class HttpListeners:
     metrics handler, on their listeners; ``client`` also serves connections the client-port
     multiplexer hands over.  ``start()``, ``close()``, ``wait_closed()``."""
 
-    def __init__(self, node: Node, metrics: ServerMetrics, gateway: Gateway) -> None:
-        self._node = node
-        self._stopping = False
-        checks = HealthChecks(node, metrics, lambda: self._stopping)
-        self.client = HttpServer(EtcdHttp(checks, metrics, self.figures, gateway, cors=True).handle, "client-http")
-        self.metrics = HttpServer(EtcdHttp(checks, metrics, self.figures, None, cors=False).handle, "metrics-http")
+    def __init__(self, checks: HealthChecks, metrics: ServerMetrics, gateway: Gateway) -> None:
+        self._checks = checks
+        self.client = HttpServer(EtcdHttp(checks, metrics, checks.figures, gateway, cors=True).handle, "client-http")
+        self.metrics = HttpServer(EtcdHttp(checks, metrics, checks.figures, None, cors=False).handle,
+                                  "metrics-http")
         self.addresses: list[tuple[str, int]] = []  # (flag, port) of every listener, in order
-
-    def figures(self) -> NodeFigures:
-        node = self._node
-        store = node.store
-        wal = node.wal
-        index = wal.durable_index if wal is not None else 0
-        return NodeFigures(member_id=node.member_id, revision=store.visible_revision,
-                           compact_revision=store.compact_revision, keys=store.key_count(), applied_index=index,
-                           db_size=node.db_size(), quota_bytes=node.quota_bytes)
 
     async def start(self, cfg: Config) -> None:
         for flag, urls, server in (("listen-client-http-urls", cfg.listen_client_http_urls, self.client),
@@ -289,7 +217,7 @@ class HttpListeners:
                 log.info("serving HTTP", extra={"fields": {"flag": flag, "address": f"{host}:{bound}"}})
 
     def close(self) -> None:
-        self._stopping = True  # health checks still answering say "server stopped"
+        self._checks.stopping = True  # health checks still answering say "server stopped"
         self.client.close()
         self.metrics.close()
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from ..config import DEFAULT_QUOTA_BACKEND_BYTES
+from ..api.health import HealthCounters, NodeFigures
 from ..version import CLUSTER_VERSION, SERVER_VERSION
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -123,12 +123,6 @@ def _count_txn(request: Any, response: Any, counts: list[int]) -> None:
             counts[2] += 1
         elif which == "request_txn":
             _count_txn(op.request_txn, result.response_txn, counts)
-
-
-@dataclass
-class HealthCounters:
-    success: int = 0
-    failures: int = 0
 
 
 @dataclass
@@ -278,32 +272,6 @@ def add_process(exp: Exposition) -> None:
 
 # -- etcd_* from the node ----------------------------------------------------------------------
 
-def data_dir_bytes(data_dir: str) -> int:
-    """What the member's files take on disk: the stand-in for etcd's bbolt file size."""
-    total = 0
-    for root, _dirs, files in os.walk(Path(data_dir) / "member"):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
-@dataclass
-class NodeFigures:
-    """What /metrics reads from the node at scrape time (kept apart so it is easy to test)."""
-
-    member_id: int
-    revision: int
-    compact_revision: int
-    keys: int
-    applied_index: int
-    db_size: int
-    quota_bytes: int
-    watch_streams: int | None = None
-    watchers: int | None = None
-
 
 def add_etcd(exp: Exposition, m: ServerMetrics, fig: NodeFigures) -> None:
     add = exp.add
@@ -341,11 +309,6 @@ def add_etcd(exp: Exposition, m: ServerMetrics, fig: NodeFigures) -> None:
     add("etcd_mvcc_put_total", "counter", "Total number of puts seen by this member.", m.mvcc.put)
     add("etcd_mvcc_delete_total", "counter", "Total number of deletes seen by this member.", m.mvcc.delete)
     add("etcd_mvcc_txn_total", "counter", "Total number of txns seen by this member.", m.mvcc.txn)
-
-
-def quota_bytes(configured: int) -> int:
-    """etcd's quota: 0 means the 2 GiB default."""
-    return configured if configured > 0 else DEFAULT_QUOTA_BACKEND_BYTES
 
 
 def render(m: ServerMetrics, fig: NodeFigures) -> str:

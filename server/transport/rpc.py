@@ -1,7 +1,9 @@
-"""The gRPC layer: thin servicers that convert requests and errors, holding no state.
+"""The gRPC method registry and the guards around every servicer method.
 
-Every etcd service is registered from its descriptor; a method a servicer
-does not implement answers UNIMPLEMENTED with the method's name.
+Every etcd service is registered from its descriptor; a method a servicer does not implement
+answers UNIMPLEMENTED with the method's name.  The guard counts each call in the metrics, turns
+a request grpc-go would have refused (``BadRequest``) into its status, and ends a call that
+raised with the status ``api.status`` maps the error to (UNKNOWN, logged, for anything else).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 from google.protobuf.descriptor import ServiceDescriptor
 
-from ..core import errors
+from ..api.status import grpc_status
 from .metrics import GrpcMetrics, MethodStats, grpc_type
 
 log = logging.getLogger("etcdlite.api")
@@ -30,8 +32,9 @@ def _snake(name: str) -> str:
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
-    if isinstance(exc, errors.EtcdError):
-        await context.abort(exc.code, exc.message)
+    status = grpc_status(exc)
+    if status is not None:
+        await context.abort(*status)
     log.exception("unexpected error in %s", method)
     await context.abort(grpc.StatusCode.UNKNOWN, f"etcdlite: internal error in {method}: {exc}")
 
@@ -75,8 +78,9 @@ async def _checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
 
 def _status_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     """The status a failed call ends with, for grpc_server_handled_total."""
-    if isinstance(exc, errors.EtcdError):
-        return exc.code
+    status = grpc_status(exc)
+    if status is not None:
+        return status[0]
     if isinstance(exc, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED
     if isinstance(exc, grpc.aio.AbortError):

@@ -16,65 +16,14 @@ import bisect
 import heapq
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from crc32c import crc32c
 from sortedcontainers import SortedList
 
-from ...core import errors
+from ... import errors
 from ...pb.mvccpb import kv_pb2
-
-
-class KeyValue:
-    """One version of a key.  ``version == 0`` marks a tombstone (a delete)."""
-
-    __slots__ = ("key", "value", "create_revision", "mod_revision", "version", "lease", "sub")
-
-    def __init__(
-        self, key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int,
-        sub: int = 0,
-    ) -> None:
-        self.key = key
-        self.value = value
-        self.create_revision = create_revision
-        self.mod_revision = mod_revision
-        self.version = version
-        self.lease = lease
-        self.sub = sub  # position within its revision's txn (etcd's sub-revision)
-
-    @property
-    def is_tombstone(self) -> bool:
-        return self.version == 0
-
-    def __repr__(self) -> str:
-        return (
-            f"KeyValue({self.key!r}, {self.value!r}, c={self.create_revision}, m={self.mod_revision}, "
-            f"v={self.version}, lease={self.lease})"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, KeyValue) and all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
-
-
-def tombstone(key: bytes, revision: int, sub: int = 0) -> KeyValue:
-    return KeyValue(key, b"", 0, revision, 0, 0, sub)
-
-
-@dataclass(slots=True)
-class Entry:
-    """One journal record: what a write did, enough to replay it exactly.
-
-    ``changes`` are the new versions (and tombstones) written at ``revision``;
-    lease grants/revokes and compactions ride along so one record is one
-    atomic step (a lease revoke deletes its keys and the lease together).
-    """
-
-    revision: int
-    changes: list[KeyValue] = field(default_factory=list)
-    lease_grants: list[tuple[int, int]] = field(default_factory=list)  # (lease id, ttl)
-    lease_revokes: list[int] = field(default_factory=list)
-    compact_revision: int = 0
+from ..backend import Entry, KeyValue, LeaseAttacher, RangeResult, tombstone
 
 
 class Journal(Protocol):
@@ -83,23 +32,6 @@ class Journal(Protocol):
     def append(self, entry: Entry) -> int:
         """Queue ``entry``; returns its sequence number."""
         ...
-
-
-class LeaseAttacher(Protocol):
-    """What the store tells the lessor when a key's lease changes."""
-
-    def attach(self, lease_id: int, key: bytes) -> None: ...
-
-    def detach(self, lease_id: int, key: bytes) -> None: ...
-
-    def exists(self, lease_id: int) -> bool: ...
-
-
-@dataclass(slots=True)
-class RangeResult:
-    kvs: list[KeyValue]
-    count: int
-    revision: int  # the store revision the read was served at the head of
 
 
 class MemoryJournal:
@@ -134,7 +66,8 @@ class MVCCStore:
         self.compact_revision = 0
         self._compacted = False
         self.visible_revision = 1  # the last durable revision: what readers see
-        self.leases: LeaseAttacher | None = None
+        self.lease_attacher: LeaseAttacher | None = None  # told when a key's lease changes
+        self._granted: dict[int, int] = {}  # the granted leases: id -> TTL
         self._bulk_keys: list[bytes] | None = None  # during a bulk load: new keys, not yet in _keys
         self._journal: Journal = MemoryJournal()
         self._pending: list[tuple[int, int]] = []  # (journal seq, revision) not yet durable
@@ -245,16 +178,6 @@ class MVCCStore:
         if versions is None:
             return None
         return self._at(versions, rev)
-
-    def _iter_keys(self, key: bytes, end: bytes | None) -> Iterator[bytes]:
-        if end is None:
-            if key in self._history:
-                yield key
-            return
-        if end == b"":
-            yield from self._keys.irange(key, None)
-        elif key < end:
-            yield from self._keys.irange(key, end, inclusive=(True, False))
 
     def range(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, *, head: int | None = None,
               count_only: bool = False) -> RangeResult:
@@ -387,7 +310,19 @@ class MVCCStore:
             self._record(entry.revision, list(entry.changes))
         if entry.compact_revision:
             self._compact(entry.compact_revision)
+        self._record_leases(entry.lease_grants, entry.lease_revokes)
         self.visible_revision = self.current_revision = max(self.current_revision, entry.revision)
+
+    def _record_leases(self, grants: list[tuple[int, int]], revokes: list[int]) -> None:
+        granted = self._granted
+        for lease_id, ttl in grants:
+            granted[lease_id] = ttl
+        for lease_id in revokes:
+            granted.pop(lease_id, None)
+
+    def leases(self) -> dict[int, int]:
+        """The granted leases (id -> TTL), as applied."""
+        return self._granted
 
     def history(self) -> Iterator[KeyValue]:
         """Every version the store holds (all that compaction kept), key by key, oldest first."""
@@ -466,6 +401,7 @@ class WriteTxn:
         self.base_revision = store.current_revision
         self.revision = store.current_revision + 1
         self.changes: list[KeyValue] = []
+        self.lease_grants: list[tuple[int, int]] = []
         self.lease_revokes: list[int] = []
 
     @property
@@ -491,7 +427,7 @@ class WriteTxn:
                           len(self.changes))
         store._apply(kv)
         self.changes.append(kv)
-        leases = store.leases
+        leases = store.lease_attacher
         if leases is not None:
             if prev is not None and prev.lease and prev.lease != lease:
                 leases.detach(prev.lease, key)
@@ -511,10 +447,10 @@ class WriteTxn:
         dead = tombstone(prev.key, self.revision, len(self.changes))
         store._apply(dead)
         self.changes.append(dead)
-        if prev.lease and store.leases is not None:
-            store.leases.detach(prev.lease, prev.key)
+        if prev.lease and store.lease_attacher is not None:
+            store.lease_attacher.detach(prev.lease, prev.key)
 
-    def end(self, lease_grants: list[tuple[int, int]] | None = None) -> int:
+    def end(self) -> int:
         """Commit; returns the journal sequence number to wait on for durability."""
         store = self._store
         if self.changes:
@@ -522,9 +458,10 @@ class WriteTxn:
             revision = self.revision
         else:
             revision = self.base_revision
-        if not self.changes and not self.lease_revokes and not lease_grants:
+        grants, revokes = self.lease_grants, self.lease_revokes
+        if not self.changes and not revokes and not grants:
             return store.last_seq
-        return store.journal(
-            Entry(revision=revision, changes=self.changes, lease_grants=lease_grants or [],
-                  lease_revokes=self.lease_revokes)
-        )
+        if grants or revokes:
+            store._record_leases(grants, revokes)
+        return store.journal(Entry(revision=revision, changes=self.changes, lease_grants=grants,
+                                   lease_revokes=revokes))

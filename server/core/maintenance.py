@@ -1,0 +1,130 @@
+"""Maintenance: Status, Alarm, Defragment, Snapshot, Hash, HashKV, MoveLeader, Downgrade (issue 4, 7)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from crc32c import crc32c
+
+from .. import __version__, errors
+from ..pb.etcdserverpb import rpc_pb2 as pb
+from ..version import CLUSTER_VERSION
+from ..version import SERVER_VERSION as ETCD_VERSION
+from .alarm import describe
+from .server import Core, Who
+
+log = logging.getLogger("etcdlite.maintenance")
+
+# Status.version: the etcd release whose API etcdlite serves, tagged as etcdlite's (semver build metadata)
+SERVER_VERSION = f"{ETCD_VERSION}+etcdlite.{__version__}"
+
+
+class Maintenance:
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    async def status(self, request: pb.StatusRequest, who: Who) -> pb.StatusResponse:
+        core = self._core
+        backend = core.backend
+        index = backend.durable_index
+        size = backend.size()
+        in_use = backend.size_in_use()
+        resp = pb.StatusResponse(
+            version=SERVER_VERSION, dbSize=size, dbSizeInUse=min(in_use, size) if size else in_use,
+            leader=core.member_id, raftIndex=index, raftTerm=core.raft_term, raftAppliedIndex=index,
+            isLearner=False)
+        resp.errors.extend(describe(alarm) for alarm in core.alarms.get())
+        failure = backend.failure
+        if failure is not None:
+            resp.errors.append(failure.message if isinstance(failure, errors.EtcdError) else str(failure))
+        core.fill_header(resp.header)
+        return resp
+
+    async def alarm(self, request: pb.AlarmRequest, who: Who) -> pb.AlarmResponse:
+        core = self._core
+        core.auth.check_alarm(who, request)
+        alarms = core.alarms
+        resp = pb.AlarmResponse()
+        if request.action == pb.AlarmRequest.GET:
+            resp.alarms.extend(alarms.get(request.alarm))
+        else:
+            if request.action == pb.AlarmRequest.ACTIVATE:
+                changed = alarms.activate(request.memberID, request.alarm)
+            else:
+                changed = alarms.deactivate(request.memberID, request.alarm)
+            if changed is not None:
+                resp.alarms.append(changed)
+        core.fill_header(resp.header)
+        return resp
+
+    async def defragment(self, request: pb.DefragmentRequest, who: Who) -> pb.DefragmentResponse:
+        backend = self._core.backend
+        self._core.auth.check_maintenance_admin(who)
+        log.info("starting defragment", extra={"fields": {"db-size-bytes": backend.size()}})
+        await backend.defragment()
+        log.info("finished defragment", extra={"fields": {"db-size-bytes": backend.size()}})
+        return pb.DefragmentResponse()  # etcd answers without a header
+
+    async def snapshot(self, who: Who) -> tuple[bytes, pb.ResponseHeader]:
+        """The snapshot file and the header that marks its point in time."""
+        self._core.auth.check_maintenance_admin(who)
+        data, revision = await self._core.backend.snapshot()
+        return data, self._core.header(revision)
+
+    async def hash(self, request: pb.HashRequest, who: Who) -> pb.HashResponse:
+        """etcd hashes its whole bbolt file; etcdlite hashes what it stores: every version and lease."""
+        core = self._core
+        core.auth.check_maintenance_admin(who)
+        backend = core.backend
+        kv_hash, current = backend.hash_kv(0) if backend.compact_main_revision < backend.current_revision \
+            else (0, backend.current_revision)
+        leases = b"".join(lease_id.to_bytes(8, "big") + ttl.to_bytes(8, "big")
+                          for lease_id, ttl in sorted(backend.leases().items()))
+        resp = pb.HashResponse(hash=crc32c(leases, kv_hash))
+        resp.header.revision = current
+        core.fill_header(resp.header)
+        return resp
+
+    async def hash_k_v(self, request: pb.HashKVRequest, who: Who) -> pb.HashKVResponse:
+        core = self._core
+        core.auth.check_maintenance_admin(who)
+        backend = core.backend
+        h, current = backend.hash_kv(request.revision)
+        resp = pb.HashKVResponse(hash=h, compact_revision=backend.compact_main_revision)
+        resp.header.revision = current
+        core.fill_header(resp.header)
+        return resp
+
+    async def move_leader(self, request: pb.MoveLeaderRequest, who: Who) -> pb.MoveLeaderResponse:
+        core = self._core
+        core.auth.check_admin(who)
+        target = next((m for m in core.membership.members() if m.id == request.targetID), None)
+        if target is None or target.is_learner:
+            raise errors.BAD_LEADER_TRANSFEREE
+        if target.id != core.member_id:
+            raise errors.TIMEOUT  # an added member never starts, so it never catches up to take over
+        return pb.MoveLeaderResponse()  # etcd answers without a header
+
+    async def downgrade(self, request: pb.DowngradeRequest, who: Who) -> pb.DowngradeResponse:
+        self._core.auth.check_admin(who)
+        if request.action != pb.DowngradeRequest.VALIDATE:
+            # what a one-member etcd 3.5 answers to ENABLE and CANCEL (it never completes them)
+            raise errors.TIMEOUT
+        check_downgrade_target(request.version)
+        resp = pb.DowngradeResponse(version=CLUSTER_VERSION)
+        self._core.fill_header(resp.header)
+        return resp
+
+
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+
+
+def check_downgrade_target(version: str) -> None:
+    """etcd's downgrade validation: a semver one minor release below the cluster's."""
+    m = _SEMVER.match(version)
+    if m is None:
+        raise errors.EtcdError(errors.Code.INVALID_ARGUMENT, "etcdserver: wrong downgrade target version format")
+    major, minor = (int(x) for x in CLUSTER_VERSION.split(".")[:2])
+    if (int(m.group(1)), int(m.group(2))) != (major, minor - 1):
+        raise errors.EtcdError(errors.Code.INVALID_ARGUMENT, "etcdserver: invalid downgrade target version")

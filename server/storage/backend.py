@@ -1,0 +1,240 @@
+"""The storage seam: what core needs from a store of etcd's key space, whatever keeps it.
+
+A backend holds the MVCC key space (one global revision, every key's versions, compaction), the
+granted leases, and makes writes durable.  Core talks to it through ``Backend`` only; the embedded
+store (``storage.memory``: in-memory MVCC plus a write-ahead log in the data dir) implements it, and
+a backend over a shared database can sit beside it.
+
+Two revisions matter: ``current_revision`` is the last one *applied* (writes see it: a txn's
+compares are decided against it), ``visible_revision`` the last one *durable* (reads and watchers
+see only that).  A write is applied by ``write(apply)`` -- ``apply`` runs against a ``WriteTxn`` at
+the moment the backend can order it -- and the call returns once the write is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+R = TypeVar("R")
+
+
+class KeyValue:
+    """One version of a key.  ``version == 0`` marks a tombstone (a delete)."""
+
+    __slots__ = ("key", "value", "create_revision", "mod_revision", "version", "lease", "sub")
+
+    def __init__(
+        self, key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int,
+        sub: int = 0,
+    ) -> None:
+        self.key = key
+        self.value = value
+        self.create_revision = create_revision
+        self.mod_revision = mod_revision
+        self.version = version
+        self.lease = lease
+        self.sub = sub  # position within its revision's txn (etcd's sub-revision)
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self.version == 0
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyValue({self.key!r}, {self.value!r}, c={self.create_revision}, m={self.mod_revision}, "
+            f"v={self.version}, lease={self.lease})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeyValue) and all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+
+    __hash__ = object.__hash__
+
+
+def tombstone(key: bytes, revision: int, sub: int = 0) -> KeyValue:
+    return KeyValue(key, b"", 0, revision, 0, 0, sub)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One durable step: what a write did, enough to replay it exactly.
+
+    ``changes`` are the new versions (and tombstones) written at ``revision``; lease grants/revokes
+    and compactions ride along so one entry is one atomic step (a lease revoke deletes its keys and
+    the lease together).
+    """
+
+    revision: int
+    changes: list[KeyValue] = field(default_factory=list)
+    lease_grants: list[tuple[int, int]] = field(default_factory=list)  # (lease id, ttl)
+    lease_revokes: list[int] = field(default_factory=list)
+    compact_revision: int = 0
+
+
+@dataclass(slots=True)
+class RangeResult:
+    kvs: list[KeyValue]
+    count: int
+    revision: int  # the store revision the read was served at the head of
+
+
+@dataclass(slots=True)
+class Recovered:
+    """What ``Backend.open`` found."""
+
+    index: int  # the last durable step the state includes (etcd's raft index)
+    revision: int
+    replayed: int  # steps applied on top of the newest snapshot
+    source: str  # where the state came from, for the start-up log line
+
+
+class LeaseAttacher(Protocol):
+    """What the store tells the lessor when a key's lease changes (etcd's lease.LeaseAttacher)."""
+
+    def attach(self, lease_id: int, key: bytes) -> None: ...
+
+    def detach(self, lease_id: int, key: bytes) -> None: ...
+
+
+class WriteTxn(Protocol):
+    """One write: reads see its own writes, every change shares one revision."""
+
+    base_revision: int  # the revision before the txn
+    revision: int  # the revision its changes get
+    lease_grants: list[tuple[int, int]]
+    lease_revokes: list[int]
+
+    @property
+    def read_revision(self) -> int: ...
+
+    def range(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0,
+              count_only: bool = False) -> RangeResult: ...
+
+    def get(self, key: bytes) -> KeyValue | None: ...
+
+    def put(self, key: bytes, value: bytes, lease: int) -> KeyValue: ...
+
+    def delete_range(self, key: bytes, end: bytes | None) -> list[KeyValue]: ...
+
+
+DurableListener = Callable[[int, int], None]  # (old visible revision, new visible revision)
+
+
+class Backend(Protocol):
+    """The key space, its leases and their durability."""
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def open(self) -> Recovered:
+        """Recover the state (keys, history, leases); nothing is served before this."""
+        ...
+
+    def start(self) -> None:
+        """Start the background work (the log writer); needs the running event loop."""
+        ...
+
+    def close(self) -> None:
+        """Stop taking writes; what was accepted is still made durable."""
+        ...
+
+    async def wait_closed(self) -> None: ...
+
+    # -- revisions -------------------------------------------------------------------------------
+    @property
+    def current_revision(self) -> int: ...
+
+    @property
+    def visible_revision(self) -> int: ...
+
+    @property
+    def compact_revision(self) -> int: ...
+
+    @property
+    def compact_main_revision(self) -> int:
+        """etcd's compactMainRev: -1 until the first compaction."""
+        ...
+
+    # -- reads (the durable state) ---------------------------------------------------------------
+    def get(self, key: bytes, rev: int) -> KeyValue | None: ...
+
+    def range(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, *,
+              head: int | None = None, count_only: bool = False) -> RangeResult: ...
+
+    def changes_since(self, start_rev: int, upto: int) -> Iterator[tuple[int, list[KeyValue]]]:
+        """(revision, versions written at it) for ``start_rev <= revision <= upto``, oldest first."""
+        ...
+
+    def history(self) -> Iterator[KeyValue]:
+        """Every version the store holds, key by key, oldest first."""
+        ...
+
+    def all_live(self) -> Iterator[KeyValue]: ...
+
+    def key_count(self) -> int: ...
+
+    def leases(self) -> dict[int, int]:
+        """The granted leases: id -> granted TTL."""
+        ...
+
+    def add_durable_listener(self, listener: DurableListener) -> None:
+        """``listener(old, new)`` runs when writes become visible, before their writers are answered."""
+        ...
+
+    def set_lease_attacher(self, attacher: LeaseAttacher) -> None: ...
+
+    async def read_index(self) -> None:
+        """A linearizable read's barrier: returns once everything committed before the call is visible."""
+        ...
+
+    async def wait_applied(self) -> None:
+        """Returns once every write applied so far is durable (what lease reads wait for)."""
+        ...
+
+    # -- writes ------------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Raise the error a write would fail with now (storage failure, stopping)."""
+        ...
+
+    def write(self, apply: Callable[[WriteTxn], R]) -> Awaitable[R]:
+        """Run ``apply`` in a write txn; the result once the write is durable.
+
+        An exception from ``apply`` ends the txn (its changes must not have begun) and is raised.
+        """
+        ...
+
+    def write_nowait(self, apply: Callable[[WriteTxn], object]) -> None:
+        """``write`` for callers that cannot wait (a lease reaper, a canceled lock): applied, not awaited."""
+        ...
+
+    async def compact(self, rev: int) -> None:
+        """Drop history below ``rev`` (etcd's errors for compacted and future revisions)."""
+        ...
+
+    # -- maintenance -------------------------------------------------------------------------------
+    @property
+    def durable_index(self) -> int: ...
+
+    @property
+    def failure(self) -> Exception | None:
+        """The latched storage failure, if writing broke."""
+        ...
+
+    def size(self) -> int:
+        """Bytes on disk (etcd's dbSize)."""
+        ...
+
+    def size_in_use(self) -> int:
+        """What a compacted copy would take (etcd's dbSizeInUse)."""
+        ...
+
+    async def defragment(self) -> None: ...
+
+    async def snapshot(self) -> tuple[bytes, int]:
+        """A consistent copy of the whole state, as ``etcdlite snapshot restore`` reads it, and the
+        revision it holds."""
+        ...
+
+    def hash_kv(self, rev: int) -> tuple[int, int]:
+        """etcd's HashByRev: (hash of the key space up to ``rev``, current revision)."""
+        ...
