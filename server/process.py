@@ -2,7 +2,9 @@
 
 Only the standard library is imported here, so a program that uses an etcd
 client (which registers etcd's protobuf descriptors itself) can start a
-server without loading etcdlite's own stubs into its process.
+server without loading etcdlite's own stubs into its process.  The project's
+own test harness starts every server (etcdlite, and real etcd for the
+differential tests) through this class.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+
+READY_LINE = "ready to serve client requests"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class ServerError(RuntimeError):
@@ -33,21 +38,27 @@ class ServerError(RuntimeError):
 class Server:
     """Start with ``start()`` or ``with Server() as s:``; ``s.endpoint`` is its client URL.
 
-    A free port and a temporary data dir are chosen unless given; the data dir
-    is removed on ``stop()`` only if it was made here.
+    A free port and a temporary data dir are chosen unless given; the data dir is removed on
+    ``stop()`` only if it was made here.  ``kill()`` is a crash (SIGKILL): the data dir stays and
+    ``start()`` starts the server again on the same port.  The output goes to ``log_path``,
+    appended to across restarts.
     """
 
     def __init__(self, data_dir: str | os.PathLike[str] | None = None, port: int | None = None,
-                 host: str = "127.0.0.1", args: Sequence[str] = (), startup_timeout: float = 20.0) -> None:
+                 host: str = "127.0.0.1", args: Sequence[str] = (), startup_timeout: float = 20.0,
+                 env: Mapping[str, str] | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="etcdlite-"))
-        self._args = list(args)
-        self._timeout = startup_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_path = self.data_dir.with_name(self.data_dir.name + ".log") if not self._own_dir \
-            else self.data_dir / "etcdlite.log"
+        self._base = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="etcdlite-"))
+        self.data_dir = self._base / "data" if self._own_dir else self._base
+        self.args = list(args)
+        self.startup_timeout = startup_timeout
+        self.env = dict(env) if env else {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self._base / "etcdlite.log" if self._own_dir else \
+            self._base.with_name(self._base.name + ".log")
+        self._log_offset = 0
 
     @property
     def endpoint(self) -> str:
@@ -55,47 +66,74 @@ class Server:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self.proc.pid if self.proc else None
 
     def command(self) -> list[str]:
-        data = self.data_dir / "data" if self._own_dir else self.data_dir
-        return [sys.executable, "-m", "etcdlite", "--data-dir", str(data),
-                "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint, *self._args]
+        return [sys.executable, "-m", "etcdlite", "--data-dir", str(self.data_dir),
+                "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint, *self.args]
 
-    def start(self) -> Server:
-        if self._proc is not None:
+    def environment(self) -> dict[str, str]:
+        """The parent's environment without etcd's own variables (they would change the flags), plus ``env``."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "ETCDCTL_"))}
+        env.setdefault("GRPC_VERBOSITY", "NONE")
+        env.update(self.env or {})
+        return env
+
+    def start(self, wait: bool = True) -> Server:
+        if self.alive():
             return self
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._log_path, "wb") as log:
-            self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        self._wait_ready()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            log.write(f"==== start {self.command()}\n".encode())
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.environment(), stdin=subprocess.DEVNULL)
+        if wait:
+            self.wait_ready()
         return self
 
-    def _log(self) -> str:
+    def log(self, whole: bool = False) -> str:
+        """What the server printed since its last start (``whole``: since the first)."""
         try:
-            return self._log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                if not whole:
+                    f.seek(self._log_offset)
+                return f.read().decode(errors="replace")
         except OSError:
             return ""
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self._timeout
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ready(self) -> bool:
+        """Whether it serves yet: etcd's ready line is in the log and the port takes a connection."""
+        if READY_LINE not in self.log():
+            return False
+        try:
+            socket.create_connection((self.host, self.port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        assert self.proc is not None
+        limit = timeout or self.startup_timeout
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ServerError(f"etcdlite exited with {self._proc.returncode}:\n{self._log()}")
-            if "ready to serve client requests" in self._log():
-                try:
-                    socket.create_connection((self.host, self.port), timeout=0.2).close()
-                    return
-                except OSError:
-                    pass
+            if self.proc.poll() is not None:
+                raise ServerError(f"{self.command()[0]} exited with {self.proc.returncode} before it was ready; "
+                                  f"command {self.command()}\n--- log:\n{self.log()}")
+            if self.ready():
+                return
             time.sleep(0.02)
+        rc = self.proc.poll()
         self.kill()
-        raise ServerError(f"etcdlite not ready after {self._timeout}s:\n{self._log()}")
+        raise ServerError(f"not ready after {limit}s (exit code {rc}); command {self.command()}\n"
+                          f"--- log:\n{self.log()}")
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
-        proc, self._proc = self._proc, None
+        proc = self.proc
         code = None
         if proc is not None:
             if proc.poll() is None:
@@ -107,15 +145,14 @@ class Server:
                     proc.wait()
             code = proc.returncode
         if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+            shutil.rmtree(self._base, ignore_errors=True)
         return code
 
     def kill(self) -> None:
         """SIGKILL, keeping the data dir (for crash tests)."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def __enter__(self) -> Server:
         return self.start()

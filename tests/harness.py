@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.process import READY_LINE, Server, ServerError, free_port  # noqa: F401  (READY_LINE, free_port: for the tests)
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from etcdlite.pb.mvccpb import kv_pb2  # noqa: F401  (registers mvccpb for to_data users)
 
@@ -67,7 +67,6 @@ ETCDCTL_34: str | None = "/usr/bin/etcdctl" if os.access("/usr/bin/etcdctl", os.
 ETCDCTL: str | None = ETCDCTL_35 or shutil.which("etcdctl")
 
 TARGETS = ("etcdlite", "etcd")
-READY_LINE = "ready to serve client requests"
 
 # etcd's error messages (rpctypes/error.go), used by the concrete assertions
 E_EMPTY_KEY = ("INVALID_ARGUMENT", "etcdserver: key is not provided")
@@ -87,26 +86,18 @@ MAX_LEASE_TTL = 9_000_000_000  # lease.MaxLeaseTTL
 MIN_LEASE_TTL = 2  # ceil(3 * election-ticks(10) / 2 * heartbeat(100ms)) with etcd's defaults
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-class ServerStartError(RuntimeError):
-    """The server did not become ready; the message holds its log."""
-
-
 # --------------------------------------------------------------------------- processes
 
 
-class EtcdProcess:
-    """One etcdlite or real-etcd process on 127.0.0.1.
+ServerStartError = ServerError  # the server did not become ready; the message holds its log
 
-    ``target`` is ``"etcdlite"`` or ``"etcd"``.  ``data_dir`` must be given
-    (tests pass a ``tmp_path`` subdirectory); ports are chosen once and kept
-    across restarts.  ``args`` are extra flags (etcd's names work for both).
-    Output goes to ``<data_dir>.log`` (appended to across restarts).
+
+class EtcdProcess(Server):
+    """One etcdlite or real-etcd process on 127.0.0.1: ``etcdlite.Server`` plus gRPC clients.
+
+    ``target`` is ``"etcdlite"`` or ``"etcd"``.  ``data_dir`` must be given (tests pass a
+    ``tmp_path`` subdirectory); ports are chosen once and kept across restarts.  ``args`` are
+    extra flags (etcd's names work for both).  Output goes to ``<data_dir>.log``.
     """
 
     def __init__(self, target: str, data_dir: str | os.PathLike[str], *, args: Sequence[str] = (),
@@ -114,31 +105,15 @@ class EtcdProcess:
                  startup_timeout: float = 30.0, env: dict[str, str] | None = None) -> None:
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}")
+        super().__init__(data_dir, port=port, args=args, startup_timeout=startup_timeout, env=env)
         self.target = target
-        self.data_dir = Path(data_dir)
-        self.args = list(args)
         self.name = name
-        self.port = port or free_port()
         self.peer_port = peer_port or free_port()
-        self.startup_timeout = startup_timeout
-        self.env = env
-        self.log_path = self.data_dir.with_name(self.data_dir.name + ".log")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
         self._channel: grpc.Channel | None = None
-
-    # -- identity
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     def __repr__(self) -> str:
         return f"<{self.target} pid={self.pid} {self.endpoint} {self.data_dir}>"
@@ -156,67 +131,24 @@ class EtcdProcess:
         return [ETCD_BIN, *common, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"{self.name}={peer}", "--log-level", "warn", *extra, *self.args]
 
-    # -- lifecycle
     def start(self, wait: bool = True) -> EtcdProcess:
-        if self.proc is not None and self.proc.poll() is None:
-            return self
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        for k in list(env):
-            if k.startswith("ETCD_") or k.startswith("ETCDCTL_"):
-                del env[k]
-        env.setdefault("GRPC_VERBOSITY", "NONE")
-        if self.env:
-            env.update(self.env)
-        with open(self.log_path, "ab") as log:
-            self._log_offset = log.tell()
-            log.write(f"==== start {self.command()}\n".encode())
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL)
-        if wait:
-            self.wait_ready()
+        super().start(wait)
         return self
 
-    def log(self, whole: bool = False) -> str:
+    def ready(self) -> bool:
+        """A gRPC Range answers (any answer but UNAVAILABLE / DEADLINE_EXCEEDED): real etcd logs no
+        ready line at ``--log-level warn``."""
         try:
-            with open(self.log_path, "rb") as f:
-                if not whole:
-                    f.seek(self._log_offset)
-                return f.read().decode(errors="replace")
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
         except OSError:
-            return ""
-
-    def wait_ready(self, timeout: float | None = None) -> None:
-        """Until a gRPC Range answers (any answer but UNAVAILABLE / DEADLINE_EXCEEDED)."""
-        assert self.proc is not None
-        deadline = time.monotonic() + (timeout or self.startup_timeout)
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerStartError(f"{self.target} exited with {self.proc.returncode} before it was ready;"
-                                       f" command {self.command()}\n--- log:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-            except OSError as exc:
-                last = exc
-                time.sleep(0.02)
-                continue
-            try:
-                self.stubs().kv.Range(pb.RangeRequest(key=b"harness-ready-probe"), timeout=1.0)
-                return
-            except grpc.RpcError as exc:
-                last = exc
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    return  # it answers (e.g. an error about the request): that is ready enough
-                time.sleep(0.05)
-        rc = self.proc.poll()
-        self.kill()
-        raise ServerStartError(f"{self.target} not ready after {timeout or self.startup_timeout}s"
-                               f" (exit code {rc}, last probe: {last!r}); command {self.command()}\n"
-                               f"--- log:\n{self.log()}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+            return False
+        try:
+            self.stubs().kv.Range(pb.RangeRequest(key=b"harness-ready-probe"), timeout=1.0)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                time.sleep(0.03)
+                return False
+        return True  # it answers (perhaps an error about the request): that is ready enough
 
     def _close_channel(self) -> None:
         if self._channel is not None:
@@ -226,24 +158,12 @@ class EtcdProcess:
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited after ``timeout`` s. Returns the exit code."""
         self._close_channel()
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return super().stop(timeout)
 
     def kill(self) -> None:
         """SIGKILL (a crash); the data dir is kept so the server can be started again."""
         self._close_channel()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        super().kill()
 
     def restart(self, **kw: Any) -> EtcdProcess:
         self.stop()

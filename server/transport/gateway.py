@@ -141,9 +141,9 @@ class GatewayAbort(grpc.aio.AbortError):
         self.details = details
 
 
-class GatewayContext(grpc.aio.ServicerContext):
-    """The servicer context of a call made by the gateway: the metadata grpc-gateway forwards,
-    ``write`` into the HTTP stream, and ``abort`` as a ``GatewayAbort``."""
+class GatewayContext:
+    """The call context (``api.context.CallContext``) of a call made by the gateway: the metadata
+    grpc-gateway forwards, ``write`` into the HTTP stream, ``abort`` as a ``GatewayAbort``."""
 
     def __init__(self, metadata: Sequence[tuple[str, str]], peer: str,
                  out: asyncio.Queue[Any] | None = None) -> None:
@@ -151,22 +151,18 @@ class GatewayContext(grpc.aio.ServicerContext):
         self._peer = peer
         self.out = out  # where ``write`` puts a streaming call's messages
         self._code: grpc.StatusCode | None = None
-        self._details = ""
 
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
-        self._code, self._details = code, details
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
+        self._code = code
         raise GatewayAbort(code, details)
 
-    async def abort_with_status(self, status: Any) -> NoReturn:
-        await self.abort(status.code, status.details)
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
 
     async def write(self, message: Any) -> None:
         if self.out is None:
             raise RuntimeError("write on a unary call")
         await self.out.put(message)
-
-    async def read(self) -> Any:
-        raise RuntimeError("the gateway passes requests as an iterator")
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
@@ -174,53 +170,11 @@ class GatewayContext(grpc.aio.ServicerContext):
     def peer(self) -> str:
         return self._peer
 
-    def peer_identities(self) -> None:
-        return None
-
-    def peer_identity_key(self) -> None:
-        return None
-
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}
 
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def set_details(self, details: str) -> None:
-        self._details = details
-
-    def code(self) -> grpc.StatusCode | None:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def send_initial_metadata(self, initial_metadata: Any) -> None:
-        pass
-
-    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
-        pass
-
-    def trailing_metadata(self) -> tuple[()]:
-        return ()
-
-    def set_compression(self, compression: Any) -> None:
-        pass
-
-    def disable_next_message_compression(self) -> None:
-        pass
-
     def time_remaining(self) -> float | None:
-        return None
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return False
-
-    def add_done_callback(self, callback: Any) -> None:
-        pass
+        return None  # an HTTP request carries no deadline
 
 
 # grpc-gateway's isPermanentHTTPHeader: forwarded as "grpcgateway-<name>"

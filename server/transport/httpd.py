@@ -78,9 +78,6 @@ class _Conn:
         del self._buf[:n]
         return out
 
-    def has_buffered(self) -> bool:
-        return bool(self._buf)
-
     async def wait_peer_gone(self) -> None:
         """Returns once the peer closes; bytes it sends meanwhile are kept for the next request."""
         while await self._fill():

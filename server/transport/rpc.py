@@ -14,24 +14,33 @@ import inspect
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 from google.protobuf.descriptor import ServiceDescriptor
 
+from ..api.context import CallContext
 from ..api.status import grpc_status
 from .metrics import GrpcMetrics, MethodStats, grpc_type
 
 log = logging.getLogger("etcdlite.api")
 
 
+class RpcContext(CallContext, Protocol):
+    """What the guards need of a call beyond the servicers' ``CallContext``."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn: ...
+
+    def code(self) -> grpc.StatusCode | None: ...
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+async def abort_with(context: RpcContext, exc: BaseException, method: str) -> None:
     status = grpc_status(exc)
     if status is not None:
         await context.abort(*status)
@@ -69,14 +78,14 @@ def _deserializer(req_cls: Any, max_bytes: int) -> Callable[[bytes], Any]:
     return deserialize
 
 
-async def _checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+async def _checked(requests: Any, context: RpcContext) -> Any:
     async for request in requests:
         if type(request) is BadRequest:
             await context.abort(request.code, request.message)
         yield request
 
 
-def _status_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+def _status_of(exc: BaseException, context: RpcContext) -> grpc.StatusCode:
     """The status a failed call ends with, for grpc_server_handled_total."""
     status = grpc_status(exc)
     if status is not None:
@@ -91,7 +100,7 @@ def _status_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.St
 
 def _guard_unary(fn: Callable[..., Any], method: str, stats: MethodStats) -> Callable[..., Any]:
     @functools.wraps(fn)
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handler(request: Any, context: RpcContext) -> Any:
         stats.started += 1
         try:
             if type(request) is BadRequest:
@@ -116,7 +125,7 @@ def _guard_stream(fn: Callable[..., Any], method: str, stats: MethodStats, clien
     """Streaming handlers written as coroutines that use ``context.write`` / ``read``."""
 
     @functools.wraps(fn)
-    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+    async def handler(request_or_iterator: Any, context: RpcContext) -> None:
         stats.started += 1
         try:
             if type(request_or_iterator) is BadRequest:
@@ -136,7 +145,7 @@ def _guard_stream(fn: Callable[..., Any], method: str, stats: MethodStats, clien
 
 
 def _unimplemented(full_name: str, stats: MethodStats) -> Callable[..., Any]:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def handler(request: Any, context: RpcContext) -> None:
         stats.started += 1
         stats.done(grpc.StatusCode.UNIMPLEMENTED)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"etcdlite: {full_name} is not implemented")

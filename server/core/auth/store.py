@@ -414,7 +414,3 @@ class AuthStore(RequestChecks):
         with self._change():
             self._roles[name].perms = kept
         log.info("revoked a permission on range", extra={"fields": {"role-name": name}})
-
-    def has_role(self, user: str, role: str) -> bool:
-        u = self._users.get(user)
-        return u is not None and role in u.roles

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ... import errors
+from ...lifecycle import OwnedTask
 from ..backend import Entry
 from .files import MEMBER_DIR, SNAP_DIR, SNAP_SUFFIX, WAL_DIR, WAL_SUFFIX, DiskFaults, Segment, check_data_dir, \
     listing, lock_data_dir, write_snapshot_file
@@ -82,7 +83,7 @@ class WAL:
         self._requests: list[asyncio.Future[bytes]] = []  # Defragment/Snapshot callers
         self._inflight: list[asyncio.Future[bytes]] = []  # those the snapshot being written answers
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask("wal-writer", self._run)  # ends by itself once closing and flushed
         self._closing = False
         self._failure: errors.EtcdError | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -114,9 +115,9 @@ class WAL:
         return rec
 
     def start(self) -> None:
-        if self._task is None:
+        if not self._task.started:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="etcdlite-wal")
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="wal-writer")
+            self._task.start()
 
     # -- the journal protocol ------------------------------------------------------------------
     def append(self, entry: Entry) -> int:
@@ -137,7 +138,7 @@ class WAL:
     async def snapshot(self) -> bytes:
         """Write a snapshot of everything appended so far and start a new segment; returns the file."""
         self.check_writable()
-        if self._task is None:
+        if not self._task.started:
             raise errors.STOPPED
         request: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._requests.append(request)
@@ -274,9 +275,7 @@ class WAL:
         self._wakeup.set()
 
     async def wait_closed(self) -> None:
-        if self._task is not None:
-            await self._task
-            self._task = None
+        await self._task.wait()
         for request in self._requests:
             if not request.done():
                 request.set_exception(errors.STOPPED)
