@@ -7,7 +7,7 @@ DATA_DIR ?= default.etcd
 # extra flags for `make run`, e.g. ARGS="--unsafe-no-fsync"
 ARGS ?=
 
-.PHONY: install run test test-server test-clients proto proto-check bench clean crash-test
+.PHONY: install run test test-server test-clients lint proto proto-check bench clean crash-test
 
 $(STAMP): pyproject.toml server/transport/_splice.c
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ proto-check: proto
 
 # Two pytest runs: the etcd3 client needs the pure-Python protobuf and
 # registers its own etcdserverpb descriptors, which clash with ours in one process.
-test: $(STAMP) proto-check test-server test-clients
+test: $(STAMP) proto-check lint test-server test-clients
+
+# ruff over the tree; mypy --strict over core/ and storage/ (pyproject.toml [tool.mypy])
+lint: $(STAMP)
+	$(BIN)/ruff check server tests bench protos
+	$(BIN)/mypy
 
 test-server: $(STAMP)
 	$(BIN)/pytest -q tests --ignore=tests/clients

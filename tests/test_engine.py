@@ -15,15 +15,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import EtcdProcess, free_port
 
-from etcdlite.transport import engine
 from etcdlite.app import EtcdServer
 from etcdlite.config import from_args
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdlite.pb.v3lockpb import v3lock_pb2 as lpb
 from etcdlite.pb.v3lockpb import v3lock_pb2_grpc as lrpc
+from etcdlite.transport import engine
+from harness import EtcdProcess, free_port
 
 
 async def _exercise(endpoint: str) -> list[object]:

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import ETCD_BIN, EtcdProcess, free_port, run_parallel
 
+from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.transport import gojson
 from etcdlite.transport.metrics import go_float
-from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from harness import ETCD_BIN, EtcdProcess, free_port, run_parallel
 
 CURL = shutil.which("curl")
 

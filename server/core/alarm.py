@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import cast
 
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..storage.fsutil import write_atomic
@@ -50,7 +51,8 @@ class AlarmStore:
             log.warning("cannot persist alarms", extra={"fields": {"path": str(self._path), "error": str(exc)}})
 
     def get(self, alarm: int = NONE) -> list[pb.AlarmMember]:
-        return [pb.AlarmMember(memberID=m, alarm=a) for a, m in sorted(self._alarms) if alarm in (NONE, a)]
+        return [pb.AlarmMember(memberID=m, alarm=cast(pb.AlarmType, a))
+                for a, m in sorted(self._alarms) if alarm in (NONE, a)]
 
     def active(self, alarm: int) -> bool:
         return any(a == alarm for a, _ in self._alarms)
@@ -66,7 +68,7 @@ class AlarmStore:
             if first:
                 log.warning("alarm raised", extra={"fields": {"alarm": pb.AlarmType.Name(alarm),
                                                               "from": f"{member_id:x}"}})
-        return pb.AlarmMember(memberID=member_id, alarm=alarm)
+        return pb.AlarmMember(memberID=member_id, alarm=cast(pb.AlarmType, alarm))
 
     def deactivate(self, member_id: int, alarm: int) -> pb.AlarmMember | None:
         if (alarm, member_id) not in self._alarms:
@@ -76,4 +78,4 @@ class AlarmStore:
         if not self.active(alarm):
             log.warning("alarm disarmed", extra={"fields": {"alarm": pb.AlarmType.Name(alarm),
                                                             "from": f"{member_id:x}"}})
-        return pb.AlarmMember(memberID=member_id, alarm=alarm)
+        return pb.AlarmMember(memberID=member_id, alarm=cast(pb.AlarmType, alarm))

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from .. import errors
 from ..pb.etcdserverpb import rpc_pb2 as pb
@@ -48,7 +49,7 @@ def lease_key(prefix: bytes, lease: int) -> bytes:
     return prefix + format(lease, "x").encode()
 
 
-def _prefix_range(prefix: bytes, **kwargs: object) -> pb.RangeRequest:
+def _prefix_range(prefix: bytes, **kwargs: Any) -> pb.RangeRequest:
     return pb.RangeRequest(key=prefix, range_end=prefix_end(prefix) or b"\x00", **kwargs)
 
 

@@ -22,12 +22,12 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
-from . import gojson
-from .rpc import BadRequest
-from .httpd import Body, BodyTooLarge, Headers, Request, Response, StreamResponse, text_response
 from ..pb.etcdserverpb import rpc_pb2
 from ..pb.v3electionpb import v3election_pb2
 from ..pb.v3lockpb import v3lock_pb2
+from . import gojson
+from .httpd import Body, BodyTooLarge, Headers, Request, Response, StreamResponse, text_response
+from .rpc import BadRequest
 
 log = logging.getLogger("etcdlite.gateway")
 

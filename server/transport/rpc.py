@@ -18,8 +18,8 @@ from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.message import DecodeError
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 
 from ..api.context import CallContext
 from ..api.status import grpc_status

@@ -50,8 +50,22 @@ from ...config import Config, ConfigError
 from ...pb.authpb import auth_pb2
 from ...storage.fsutil import fsync_dir
 from .model import (
-    AUTH_OLD_REVISION, DEFAULT_BCRYPT_COST, NO_PASSWORD_USER, PERMISSION_NOT_GIVEN, ROOT_ROLE, ROOT_USER, STATE_VERSION, STATE_FILE,
-    AuthInfo, Credentials, Permission, Role, User, hash_password, normalize_bcrypt_cost, password_matches,
+    AUTH_OLD_REVISION,
+    DEFAULT_BCRYPT_COST,
+    NO_PASSWORD_USER,
+    PERMISSION_NOT_GIVEN,
+    ROOT_ROLE,
+    ROOT_USER,
+    STATE_FILE,
+    STATE_VERSION,
+    AuthInfo,
+    Credentials,
+    Permission,
+    Role,
+    User,
+    hash_password,
+    normalize_bcrypt_cost,
+    password_matches,
 )
 from .perms import RangePerms, RequestChecks
 from .tokens import TokenProvider, new_token_provider

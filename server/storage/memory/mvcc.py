@@ -85,7 +85,7 @@ class MVCCStore:
     def _install_journal(self, journal: Journal) -> None:
         self._journal = journal
         if hasattr(journal, "on_durable"):
-            journal.on_durable = self._mark_durable  # type: ignore[attr-defined]
+            journal.on_durable = self._mark_durable
 
     def add_durable_listener(self, listener: Callable[[int, int], None]) -> None:
         """``listener(old_visible_revision, new_visible_revision)`` runs when writes become visible."""
@@ -189,9 +189,9 @@ class MVCCStore:
         rev = self.check_revision(rev, head)
         end = _end_of(end)
         if end is None:
-            kv = self.get(key, rev)
-            kvs = [] if kv is None else [kv]
-            return RangeResult([] if count_only else kvs, len(kvs), head)
+            one = self.get(key, rev)
+            found_one = [] if one is None else [one]
+            return RangeResult([] if count_only else found_one, len(found_one), head)
         keys = self._keys
         if end and key >= end:
             return RangeResult([], 0, head)
@@ -204,13 +204,15 @@ class MVCCStore:
         want = 0 if count_only else (limit if limit > 0 else -1)  # versions still to collect; -1: all
         for k in found:
             versions = history[k]
-            kv = versions[-1]
-            if kv.mod_revision > rev:  # written after rev: an older version (or none) was live then
+            last = versions[-1]
+            if last.mod_revision > rev:  # written after rev: an older version (or none) was live then
                 kv = at(versions, rev)
                 if kv is None:
                     continue
-            elif kv.version == 0:  # deleted
+            elif last.version == 0:  # deleted
                 continue
+            else:
+                kv = last
             count += 1
             if want:
                 kvs.append(kv)

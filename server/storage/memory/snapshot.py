@@ -115,7 +115,7 @@ def decode_snapshot(data: bytes) -> SnapshotState:
 
 def snapshot_revision(data: bytes) -> int:
     """The store revision a snapshot file holds (from its header)."""
-    return _SNAP_HEAD.unpack_from(data, 0)[3]
+    return int(_SNAP_HEAD.unpack_from(data, 0)[3])
 
 
 def snapshot_size(store: MVCCStore) -> int:

@@ -27,8 +27,19 @@ from pathlib import Path
 from ... import errors
 from ...lifecycle import OwnedTask
 from ..backend import Entry
-from .files import MEMBER_DIR, SNAP_DIR, SNAP_SUFFIX, WAL_DIR, WAL_SUFFIX, DiskFaults, Segment, check_data_dir, \
-    listing, lock_data_dir, write_snapshot_file
+from .files import (
+    MEMBER_DIR,
+    SNAP_DIR,
+    SNAP_SUFFIX,
+    WAL_DIR,
+    WAL_SUFFIX,
+    DiskFaults,
+    Segment,
+    check_data_dir,
+    listing,
+    lock_data_dir,
+    write_snapshot_file,
+)
 from .mvcc import MVCCStore
 from .records import encode_record
 from .recovery import Recovery, recover
