@@ -18,7 +18,7 @@ from etcdlite import errors
 from etcdlite.config import Config
 from etcdlite.core.auth.model import Credentials
 from etcdlite.core.server import Core
-from etcdlite.core.watch import WatchSpec
+from etcdlite.core.watchers import WatchSpec
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.storage.backend import Backend
 from etcdlite.storage.memory.backend import MemoryBackend

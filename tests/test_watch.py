@@ -31,7 +31,8 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 
 from etcdlite.core import watch as hubmod
-from etcdlite.core.watch import WatchHub, WatchSpec, prefix_end
+from etcdlite.core.watch import WatchHub
+from etcdlite.core.watchers import WatchSpec, prefix_end
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdlite.pb.v3electionpb import v3election_pb2 as epb

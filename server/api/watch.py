@@ -20,7 +20,8 @@ from .. import errors
 from ..core.auth.model import WATCH_PERMISSION_DENIED, Credentials
 from ..core.kv import set_kv
 from ..core.server import Core
-from ..core.watch import Watcher, WatchResponse, WatchSpec, WatchStream
+from ..core.watch import WatchStream
+from ..core.watchers import Watcher, WatchResponse, WatchSpec
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..pb.mvccpb import kv_pb2
 from ..storage.backend import KeyValue

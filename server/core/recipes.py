@@ -22,7 +22,7 @@ from ..pb.mvccpb import kv_pb2
 from ..pb.v3electionpb import v3election_pb2 as epb
 from .kv import to_pb
 from .server import Core, Who
-from .watch import StreamClosed, WatchResponse, WatchSpec, prefix_end
+from .watchers import StreamClosed, WatchResponse, WatchSpec, prefix_end
 
 DEFAULT_SESSION_TTL = 60  # concurrency.defaultSessionTTL
 NO_LEASE = 0
