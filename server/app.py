@@ -26,6 +26,7 @@ from .node import Node
 from .pb.etcdserverpb import rpc_pb2
 from .pb.v3electionpb import v3election_pb2
 from .pb.v3lockpb import v3lock_pb2
+from .splice import RelayError
 
 log = logging.getLogger("etcdlite")
 
@@ -105,10 +106,14 @@ class EtcdServer:
         self.http = HttpListeners(self.node, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes))
         muxed = self._muxed_addresses()
         if muxed:
-            internal, path = internal_grpc_address()
+            internal, name = internal_grpc_address()
             if self._grpc.add_port(internal) == 0:
                 raise ConfigError(f"cannot listen on the internal gRPC address {internal}")
-            self._mux = ClientPortMux(path, self.http.client)
+            self._mux = ClientPortMux(name, self.http.client)
+            try:
+                await self._mux.start()
+            except RelayError as exc:
+                raise ConfigError(str(exc)) from None
         for address, tls in cfg.listen_addresses():
             if (address, tls) in muxed:
                 assert self._mux is not None
