@@ -96,8 +96,10 @@ class EtcdServer:
             options=[
                 # without this a second server on the same port starts silently
                 ("grpc.so_reuseport", 0),
-                # etcd's limits are checked by the handlers, in etcd's words; core only stops the absurd
-                ("grpc.max_receive_message_length", cfg.grpc_hard_receive_bytes),
+                # etcd's gRPC receive limit, refused by core at the message's length prefix, before
+                # the message is buffered (the client-port relay gives the refusal grpc-go's words)
+                ("grpc.max_receive_message_length", cfg.grpc_max_receive_bytes),
+                ("grpc.http.tarpit", 0),  # grpc-go answers a refused call at once, not 0.1-1 s later
                 ("grpc.max_send_message_length", 2**31 - 1),
                 ("grpc.max_concurrent_streams", 2**31 - 1),
             ],

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import grpc
 
-from .. import errors, kv
+from .. import kv
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..node import Node
+from ..request_size import RaftSizeLimit
 
 
 class KVService:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._kv = node.kv
-        self._max_request_bytes = node.config.max_request_bytes
+        self._size_limit = RaftSizeLimit(node.config.max_request_bytes, node.config.member_id, node.auth)
         self._max_txn_ops = node.config.max_txn_ops
 
-    def _check_size(self, request) -> None:
-        if request.ByteSize() > self._max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE
+    def _check_size(self, request, context: grpc.aio.ServicerContext) -> None:
+        self._size_limit.check(request, context)
 
     async def range(self, request: pb.RangeRequest, context: grpc.aio.ServicerContext) -> pb.RangeResponse:
         kv.check_range(request)
@@ -30,7 +30,7 @@ class KVService:
     async def put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
         kv.check_put(request)
         self._node.auth.check_put(context, request)
-        self._check_size(request)
+        self._check_size(request, context)
         self._node.check_space()
         resp, seq = self._kv.put(request)
         await self._node.store.wait_durable(seq)
@@ -41,7 +41,7 @@ class KVService:
                            ) -> pb.DeleteRangeResponse:
         kv.check_delete(request)
         self._node.auth.check_delete_range(context, request)
-        self._check_size(request)
+        self._check_size(request, context)
         resp, seq = self._kv.delete_range(request)
         await self._node.store.wait_durable(seq)
         self._node.fill_header(resp.header)
@@ -51,7 +51,7 @@ class KVService:
         kv.check_txn(request, self._max_txn_ops)
         self._node.auth.check_txn(context, request)
         if not kv.is_read_only(request):  # etcd serves read-only txns without raft, so unchecked
-            self._check_size(request)
+            self._check_size(request, context)
         if _has_put(request):
             self._node.check_space()
         resp, seq = self._kv.txn(request)

@@ -7,18 +7,19 @@ import grpc
 from .. import errors
 from ..node import Node
 from ..pb.etcdserverpb import rpc_pb2 as pb
+from ..request_size import RaftSizeLimit
 
 
 class LeaseService:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._lessor = node.lessor
+        self._size_limit = RaftSizeLimit(node.config.max_request_bytes, node.config.member_id, node.auth)
 
     async def lease_grant(self, request: pb.LeaseGrantRequest, context: grpc.aio.ServicerContext
                           ) -> pb.LeaseGrantResponse:
         self._node.auth.check_token(context)
-        if request.ByteSize() > self._node.config.max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE
+        self._size_limit.check(request, context)
         self._node.check_space()
         lease, seq = self._lessor.grant(request.ID, request.TTL)
         await self._node.store.wait_durable(seq)
