@@ -8,7 +8,8 @@
  * connects to the abstract unix socket ``name``, sends those bytes first, then moves bytes both ways
  * with recv/send through one buffer (a direction whose destination is full keeps what is left over
  * and stops reading its source until it drained). A connection it cannot take (no descriptor left,
- * gRPC core not accepting) is closed, and "refused <errno>" goes back on ctl_fd.
+ * gRPC core not accepting) is closed, and "refused <errno>" goes back on ctl_fd; "closed <n>" says
+ * that n connections ended.
  *
  * gRPC core refuses a too-large message at its length prefix, in its own words; on the way to the
  * client that trailer is given grpc-go's words, which etcd's clients see (see ``emit_held``). */
@@ -77,11 +78,14 @@ struct loop {
     unsigned char out[CHUNK + FRAME_HEADER + HELD_MAX];
 };
 
-static void report_refused(struct loop *lp, int err) {
+/* "refused <errno>": a connection handed over could not be taken; "closed <n>": n ended */
+static void report(struct loop *lp, const char *what, int value) {
     char msg[32];
-    int n = snprintf(msg, sizeof msg, "refused %d", err);
+    int n = snprintf(msg, sizeof msg, "%s %d", what, value);
     (void)send(lp->ctl_fd, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
+
+static void report_refused(struct loop *lp, int err) { report(lp, "refused", err); }
 
 static void close_relay(struct loop *lp, struct relay *r) {
     if (r->closed)
@@ -379,11 +383,15 @@ static void run(struct loop *lp) {
             if (!s->relay->closed)
                 on_ready(lp, s->relay, s->index, events[k].events);
         }
+        int closed = 0;
         while (lp->dead) {
             struct relay *r = lp->dead;
             lp->dead = r->next_dead;
             free(r);
+            closed++;
         }
+        if (closed)
+            report(lp, "closed", closed);
         if (quit)
             return;
     }

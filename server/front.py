@@ -6,9 +6,11 @@ bytes: the HTTP/2 preface ("PRI * HTTP/2.0") goes to the relay process (``splice
 its bytes to the internal gRPC listener, so the event loop never sees gRPC's bytes; anything else is
 handed to the HTTP/1.1 server. What it costs gRPC throughput is measured in the README.
 
-Out of descriptors, a listener refuses: the connection is accepted on a descriptor kept spare for
-this and closed at once (as Go's servers back off instead, a client would wait in the backlog), the
-connections already open are not disturbed, and one warning says so every ``REFUSAL_LOG_SECONDS``.
+At its limit the client port refuses new connections and leaves those open undisturbed: like etcd
+it keeps ``RESERVED_DESCRIPTORS`` of RLIMIT_NOFILE for the server's own files, and refuses a client
+connection beyond that (etcd lets it wait in the backlog, where its client times out); should the
+process run out of descriptors anyway, the connection is accepted on a descriptor kept spare for
+this and closed at once. One warning says so every ``REFUSAL_LOG_SECONDS``, not one per connection.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import asyncio
 import errno
 import logging
 import os
+import resource
 import socket
 import time
+from collections.abc import Callable
 
 from .httpd import HttpServer
 from .splice import GrpcRelay
@@ -28,6 +32,7 @@ log = logging.getLogger("etcdlite.front")
 H2_PREFACE_START = b"PRI"  # "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"; no HTTP/1 method starts so
 ACCEPTS_PER_WAKEUP = 64  # a flood of connections must not starve the loop's other work
 REFUSAL_LOG_SECONDS = 10.0
+RESERVED_DESCRIPTORS = 150  # etcd's reservedInternalFDNum: the data dir, gRPC core, logs
 RETRY_ACCEPT_SECONDS = 0.1  # the kernel's memory is short (ENOBUFS/ENOMEM): wait, do not spin
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 _OUT_OF_MEMORY = (errno.ENOBUFS, errno.ENOMEM)
@@ -39,6 +44,14 @@ def internal_grpc_address() -> tuple[str, str]:
     return f"unix-abstract:{name}", name
 
 
+def connection_limit() -> int:
+    """Client connections the port keeps open at most: RLIMIT_NOFILE less etcd's reserve."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 2**62
+    return max(soft - RESERVED_DESCRIPTORS, soft // 2)
+
+
 class RefusalLog:
     """One warning per ``REFUSAL_LOG_SECONDS`` for connections refused meanwhile, never a flood."""
 
@@ -47,9 +60,10 @@ class RefusalLog:
         self._unreported: dict[str, int] = {}
         self._last = -REFUSAL_LOG_SECONDS
 
-    def note(self, err: int) -> None:
+    def note(self, err: int | str) -> None:
+        """One refusal, for an errno or a reason in words."""
         self.refused += 1
-        reason = os.strerror(err).lower() if err else "unknown error"
+        reason = err if isinstance(err, str) else os.strerror(err).lower() if err else "unknown error"
         self._unreported[reason] = self._unreported.get(reason, 0) + 1
         now = time.monotonic()
         if now - self._last >= REFUSAL_LOG_SECONDS:
@@ -68,8 +82,10 @@ class ClientPortMux:
         self.http = http
         self.refusals = RefusalLog()
         self.relay = GrpcRelay(grpc_name, self.refusals.note)
+        self.limit = connection_limit()
         self._listeners: list[socket.socket] = []
         self._undecided: dict[int, tuple[socket.socket, bytes]] = {}  # by fd: first bytes not yet telling
+        self._here = 0  # connections with a descriptor here: undecided and HTTP ones
         self._tasks: set[asyncio.Task[None]] = set()
         self._spare: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -101,6 +117,15 @@ class ClientPortMux:
             first = first or sock.getsockname()[1]
         return first
 
+    @property
+    def connections(self) -> int:
+        """Client connections open: each holds a descriptor in this process (gRPC core's end of
+        the relay's connection, for those relayed)."""
+        return self._here + self.relay.connections
+
+    def _release(self) -> None:
+        self._here -= 1
+
     # -- accepting --------------------------------------------------------------------------
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
@@ -117,6 +142,11 @@ class ClientPortMux:
                     self._pause(listener)
                     return
                 continue  # ECONNABORTED and the like: that client is gone already
+            if self.connections >= self.limit:
+                conn.close()
+                self.refusals.note(f"{self.limit} client connections open, the limit (RLIMIT_NOFILE"
+                                   f" less {RESERVED_DESCRIPTORS} kept for the server)")
+                continue
             self._take(conn)
 
     def _refuse_one(self, listener: socket.socket, err: int) -> None:
@@ -158,6 +188,7 @@ class ClientPortMux:
         conn.setblocking(False)
         if conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._here += 1
         self._undecided[conn.fileno()] = (conn, b"")
         self._loop.add_reader(conn.fileno(), self._first_bytes, conn)
 
@@ -179,7 +210,9 @@ class ClientPortMux:
         del self._undecided[fd]
         if not data:
             conn.close()  # gone before it said anything
+            self._release()
         elif head.startswith(H2_PREFACE_START):
+            self._release()  # counted by the relay from now on
             self.relay.hand_over(conn, head)
         else:
             task = self._loop.create_task(self._to_http(conn, head), name="client-mux-http")
@@ -190,9 +223,10 @@ class ClientPortMux:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**20, loop=loop)
         try:
-            await loop.connect_accepted_socket(lambda: _Http1(reader, head, self.http), conn)
+            await loop.connect_accepted_socket(lambda: _Http1(reader, head, self.http, self._release), conn)
         except OSError:
             conn.close()
+            self._release()
 
     # -- stopping ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -206,6 +240,7 @@ class ClientPortMux:
             if self._loop is not None:
                 self._loop.remove_reader(fd)
             conn.close()
+            self._release()
         self._undecided.clear()
         for task in self._tasks:
             task.cancel()
@@ -225,11 +260,17 @@ class ClientPortMux:
 class _Http1(asyncio.StreamReaderProtocol):
     """An HTTP/1.1 connection whose first bytes the mux read: they come first, then the socket's."""
 
-    def __init__(self, reader: asyncio.StreamReader, head: bytes, http: HttpServer) -> None:
+    def __init__(self, reader: asyncio.StreamReader, head: bytes, http: HttpServer,
+                 on_lost: Callable[[], None]) -> None:
         super().__init__(reader)
         self._reader = reader
         self._head = head
         self._http = http
+        self._on_lost = on_lost
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._on_lost()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -6,8 +6,8 @@ says EOF; each message on it carries one client socket and the bytes the server 
 it, to be sent first to the abstract unix socket ``name`` (gRPC core). Bytes then move both ways
 through recv/send; a direction whose destination is full keeps what is left over and stops reading
 its source until it drained. A connection that cannot be taken is closed and ``refused <errno>`` goes
-back on ``ctl_fd``. On the way to the client, gRPC core's refusal of a too-large message is given
-grpc-go's words (``Frames``).
+back on ``ctl_fd``; ``closed <n>`` says that n connections ended. On the way to the client, gRPC
+core's refusal of a too-large message is given grpc-go's words (``Frames``).
 """
 
 from __future__ import annotations
@@ -124,10 +124,12 @@ class _Loop:
         self._epoll = select.epoll()
         self._epoll.register(ctl_fd, select.EPOLLIN)
         self._by_fd: dict[int, tuple[_Relay, int]] = {}
+        self._closed = 0  # relays closed in this round of events
 
     def serve(self) -> None:
         try:
             while True:
+                self._closed = 0
                 for fd, events in self._epoll.poll():
                     if fd == self._ctl.fileno():
                         if self._control():
@@ -136,17 +138,22 @@ class _Loop:
                     entry = self._by_fd.get(fd)
                     if entry is not None and not entry[0].closed:
                         self._on_ready(entry[0], entry[1], events)
+                if self._closed:
+                    self._report(b"closed %d" % self._closed)
         finally:
             for relay, index in list(self._by_fd.values()):
                 if index == 0:
                     self._close(relay)
             self._epoll.close()
 
-    def _refused(self, err: int) -> None:
+    def _report(self, message: bytes) -> None:
         try:
-            self._ctl.send(b"refused %d" % err)
+            self._ctl.send(message)
         except OSError:
             pass
+
+    def _refused(self, err: int) -> None:
+        self._report(b"refused %d" % err)
 
     def _control(self) -> bool:
         """Take the connections handed over; whether to stop (the server is gone)."""
@@ -262,6 +269,7 @@ class _Loop:
         if relay.closed:
             return
         relay.closed = True
+        self._closed += 1
         for sock in relay.socks:
             fd = sock.fileno()
             if self._by_fd.pop(fd, None) is not None:

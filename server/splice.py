@@ -69,6 +69,7 @@ class GrpcRelay:
 
     def __init__(self, name: str, on_refused: Callable[[int], None]) -> None:
         self.name = name  # gRPC core's abstract unix socket, without its leading NUL
+        self.connections = 0  # handed over and not ended: each holds gRPC core's end here
         self._on_refused = on_refused
         self._ctl: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -114,6 +115,7 @@ class GrpcRelay:
             if self._ctl is None:
                 raise ConnectionRefusedError(errno.ECONNREFUSED, "no relay process")
             socket.send_fds(self._ctl, [head], [sock.fileno()], socket.MSG_DONTWAIT)
+            self.connections += 1
         except OSError as exc:  # EAGAIN: the relay is that far behind; EPIPE: it died
             self._on_refused(exc.errno or 0)
         finally:
@@ -131,8 +133,12 @@ class GrpcRelay:
             if not message:
                 self._lost()
                 return
-            if message.startswith(b"refused "):
-                self._on_refused(int(message[8:]))
+            what, _, value = message.partition(b" ")
+            if what == b"refused":
+                self.connections -= 1
+                self._on_refused(int(value))
+            elif what == b"closed":
+                self.connections -= int(value)
 
     def _lost(self) -> None:
         """The relay process ended by itself (killed, crashed): its connections are gone; start another."""
@@ -140,6 +146,7 @@ class GrpcRelay:
         self._loop.remove_reader(self._ctl.fileno())
         self._ctl.close()
         self._ctl = None
+        self.connections = 0
         self._stop_process()
         if self._closing:
             return

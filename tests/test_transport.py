@@ -212,6 +212,46 @@ def test_at_the_descriptor_limit_open_connections_keep_working(start, many_socke
         existing.close()
 
 
+def _http_connect(port: int, timeout: float = 5.0) -> socket.socket | None:
+    """A keep-alive HTTP/1.1 connection that answered GET /health, or None."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = sock.recv(4096)
+    except OSError:
+        answer = b""
+    if answer.startswith(b"HTTP/1.1 200"):
+        return sock
+    sock.close()
+    return None
+
+
+@pytest.mark.parametrize("variant", ["etcdlite", "etcd"])
+def test_http_connections_leave_the_server_its_reserve(start, many_sockets, variant: str) -> None:
+    """Idle HTTP/1.1 connections up to the limit: like etcd, etcdlite keeps 150 descriptors of
+    RLIMIT_NOFILE for itself, so writes (the data dir) and gRPC calls go on; it refuses the next
+    connection at once where etcd leaves it waiting."""
+    srv = start(variant, nofile=LIMIT)
+    kv = pb_kv(srv.channel())
+    kv.Put(pb.PutRequest(key=b"k", value=b"before"), timeout=10)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(2 * LIMIT):
+            sock = _http_connect(srv.port, timeout=3.0)
+            if sock is None:
+                break
+            socks.append(sock)
+        assert LIMIT - 170 <= len(socks) <= LIMIT - 140, len(socks)
+        for i in range(20):  # each one in the log of the data dir, synced
+            assert kv.Put(pb.PutRequest(key=b"k%d" % i, value=b"x" * 1000), timeout=10).header.revision == 3 + i
+        socks[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert socks[0].recv(4096).startswith(b"HTTP/1.1 200")
+        assert srv.alive()
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def pb_kv(channel: grpc.Channel):  # type: ignore[no-untyped-def]
     from etcdlite.pb.etcdserverpb import rpc_pb2_grpc
 
