@@ -8,8 +8,9 @@
  * connects to the abstract unix socket ``name``, sends those bytes first, then moves bytes both ways
  * with recv/send through one buffer (a direction whose destination is full keeps what is left over
  * and stops reading its source until it drained). A connection it cannot take (no descriptor left,
- * gRPC core not accepting) is closed, and "refused <errno>" goes back on ctl_fd; "closed <n>" says
- * that n connections ended.
+ * gRPC core not accepting) is closed, and "refused <errno>" goes back on ctl_fd; "state <received>
+ * <open>" tells the server how many connections it handed over reached the relay and how many are
+ * open (see report_state).
  *
  * gRPC core refuses a too-large message at its length prefix, in its own words; on the way to the
  * client that trailer is given grpc-go's words, which etcd's clients see (see ``emit_held``). */
@@ -63,34 +64,63 @@ struct relay {
     unsigned mask[2];
     int closed;
     struct frames frames;
-    struct relay *prev, *next; /* the live list */
+    struct relay *prev, *next; /* the open relays */
     struct relay *next_dead;   /* freed after the epoll batch that closed it */
 };
 
 struct loop {
     int epoll_fd;
     int ctl_fd;
+    unsigned ctl_mask;
+    unsigned long long received; /* connections handed over so far */
+    long live;                   /* relays open */
+    int state_sent;              /* the server has heard of received and live as they are */
     struct sockaddr_un target;
     socklen_t target_len;
-    struct relay *live;
-    struct relay *dead;
+    struct relay *relays; /* open */
+    struct relay *dead;   /* closed in this epoll batch, freed after it */
     unsigned char in[CHUNK];
     unsigned char out[CHUNK + FRAME_HEADER + HELD_MAX];
 };
 
-/* "refused <errno>": a connection handed over could not be taken; "closed <n>": n ended */
-static void report(struct loop *lp, const char *what, int value) {
+/* "refused <errno>", for the server's log (lost when the server is not reading: no matter) */
+static void report_refused(struct loop *lp, int err) {
     char msg[32];
-    int n = snprintf(msg, sizeof msg, "%s %d", what, value);
+    int n = snprintf(msg, sizeof msg, "refused %d", err);
     (void)send(lp->ctl_fd, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
-static void report_refused(struct loop *lp, int err) { report(lp, "refused", err); }
+static void watch_ctl(struct loop *lp, unsigned mask) {
+    if (mask != lp->ctl_mask) {
+        struct epoll_event ev = {.events = mask, .data.ptr = NULL};
+        lp->ctl_mask = mask;
+        epoll_ctl(lp->epoll_fd, EPOLL_CTL_MOD, lp->ctl_fd, &ev);
+    }
+}
+
+/* "state <received> <live>": from it the server counts the connections it still holds gRPC core's
+ * end of; absolute numbers, so a report the server's full socket could not take is just sent later
+ * (when ctl_fd is writable again). */
+static void report_state(struct loop *lp) {
+    if (lp->state_sent)
+        return;
+    char msg[64];
+    int n = snprintf(msg, sizeof msg, "state %llu %ld", lp->received, lp->live);
+    if (send(lp->ctl_fd, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+        if (errno == EAGAIN)
+            watch_ctl(lp, EPOLLIN | EPOLLOUT);
+        return;
+    }
+    lp->state_sent = 1;
+    watch_ctl(lp, EPOLLIN);
+}
 
 static void close_relay(struct loop *lp, struct relay *r) {
     if (r->closed)
         return;
     r->closed = 1;
+    lp->live--;
+    lp->state_sent = 0;
     for (int i = 0; i < 2; i++) {
         epoll_ctl(lp->epoll_fd, EPOLL_CTL_DEL, r->fd[i], NULL);
         close(r->fd[i]);
@@ -100,7 +130,7 @@ static void close_relay(struct loop *lp, struct relay *r) {
     if (r->prev)
         r->prev->next = r->next;
     else
-        lp->live = r->next;
+        lp->relays = r->next;
     if (r->next)
         r->next->prev = r->prev;
     r->next_dead = lp->dead;
@@ -316,10 +346,11 @@ static void add_relay(struct loop *lp, int client, const unsigned char *head, si
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &r->sides[i]};
         epoll_ctl(lp->epoll_fd, EPOLL_CTL_ADD, r->fd[i], &ev);
     }
-    r->next = lp->live;
-    if (lp->live)
-        lp->live->prev = r;
-    lp->live = r;
+    r->next = lp->relays;
+    if (lp->relays)
+        lp->relays->prev = r;
+    lp->relays = r;
+    lp->live++;
     ssize_t m = send(core, head, head_len, MSG_NOSIGNAL);
     if (m < 0 && errno != EAGAIN) {
         close_relay(lp, r);
@@ -347,6 +378,8 @@ static int control(struct loop *lp) {
             return errno == EAGAIN || errno == EINTR ? 0 : 1;
         if (n == 0)
             return 1;
+        lp->received++;
+        lp->state_sent = 0;
         int client = -1;
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
             if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int)))
@@ -377,23 +410,21 @@ static void run(struct loop *lp) {
         for (int k = 0; k < n; k++) {
             struct side *s = events[k].data.ptr;
             if (s == NULL) {
-                quit |= control(lp);
+                if (events[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                    quit |= control(lp);
                 continue;
             }
             if (!s->relay->closed)
                 on_ready(lp, s->relay, s->index, events[k].events);
         }
-        int closed = 0;
         while (lp->dead) {
             struct relay *r = lp->dead;
             lp->dead = r->next_dead;
             free(r);
-            closed++;
         }
-        if (closed)
-            report(lp, "closed", closed);
         if (quit)
             return;
+        report_state(lp);
     }
 }
 
@@ -409,6 +440,8 @@ static PyObject *serve(PyObject *self, PyObject *args) {
     if (lp == NULL)
         return PyErr_NoMemory();
     lp->ctl_fd = ctl_fd;
+    lp->ctl_mask = EPOLLIN;
+    lp->state_sent = 1;
     lp->target.sun_family = AF_UNIX;
     memcpy(lp->target.sun_path + 1, name, (size_t)name_len); /* abstract: a NUL, then the name */
     lp->target_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)name_len);
@@ -423,8 +456,8 @@ static PyObject *serve(PyObject *self, PyObject *args) {
     }
     Py_BEGIN_ALLOW_THREADS
     run(lp);
-    while (lp->live)
-        close_relay(lp, lp->live);
+    while (lp->relays)
+        close_relay(lp, lp->relays);
     while (lp->dead) {
         struct relay *r = lp->dead;
         lp->dead = r->next_dead;

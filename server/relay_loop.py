@@ -6,8 +6,10 @@ says EOF; each message on it carries one client socket and the bytes the server 
 it, to be sent first to the abstract unix socket ``name`` (gRPC core). Bytes then move both ways
 through recv/send; a direction whose destination is full keeps what is left over and stops reading
 its source until it drained. A connection that cannot be taken is closed and ``refused <errno>`` goes
-back on ``ctl_fd``; ``closed <n>`` says that n connections ended. On the way to the client, gRPC
-core's refusal of a too-large message is given grpc-go's words (``Frames``).
+back on ``ctl_fd``; ``state <received> <open>`` tells the server how many connections it handed
+over reached the relay and how many are open (absolute numbers: a report the server's full socket
+could not take is sent later, when it is writable). On the way to the client, gRPC core's refusal
+of a too-large message is given grpc-go's words (``Frames``).
 """
 
 from __future__ import annotations
@@ -124,36 +126,53 @@ class _Loop:
         self._epoll = select.epoll()
         self._epoll.register(ctl_fd, select.EPOLLIN)
         self._by_fd: dict[int, tuple[_Relay, int]] = {}
-        self._closed = 0  # relays closed in this round of events
+        self._ctl_mask = select.EPOLLIN
+        self._received = 0  # connections handed over so far
+        self._open = 0
+        self._state_sent = True  # the server has heard of _received and _open as they are
 
     def serve(self) -> None:
         try:
             while True:
-                self._closed = 0
                 for fd, events in self._epoll.poll():
                     if fd == self._ctl.fileno():
-                        if self._control():
+                        if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and self._control():
                             return
                         continue
                     entry = self._by_fd.get(fd)
                     if entry is not None and not entry[0].closed:
                         self._on_ready(entry[0], entry[1], events)
-                if self._closed:
-                    self._report(b"closed %d" % self._closed)
+                self._report_state()
         finally:
             for relay, index in list(self._by_fd.values()):
                 if index == 0:
                     self._close(relay)
             self._epoll.close()
 
-    def _report(self, message: bytes) -> None:
+    def _refused(self, err: int) -> None:
+        """For the server's log (lost when the server is not reading: no matter)."""
         try:
-            self._ctl.send(message)
+            self._ctl.send(b"refused %d" % err)
         except OSError:
             pass
 
-    def _refused(self, err: int) -> None:
-        self._report(b"refused %d" % err)
+    def _report_state(self) -> None:
+        if self._state_sent:
+            return
+        try:
+            self._ctl.send(b"state %d %d" % (self._received, self._open))
+        except BlockingIOError:
+            self._watch_ctl(select.EPOLLIN | select.EPOLLOUT)
+            return
+        except OSError:
+            return
+        self._state_sent = True
+        self._watch_ctl(select.EPOLLIN)
+
+    def _watch_ctl(self, mask: int) -> None:
+        if mask != self._ctl_mask:
+            self._ctl_mask = mask
+            self._epoll.modify(self._ctl.fileno(), mask)
 
     def _control(self) -> bool:
         """Take the connections handed over; whether to stop (the server is gone)."""
@@ -166,6 +185,8 @@ class _Loop:
                 return True
             if not head and not fds:
                 return True
+            self._received += 1
+            self._state_sent = False
             if not fds or flags & socket.MSG_TRUNC:
                 # no descriptor left here (the kernel closed the connection in transit), or a
                 # head longer than the server ever sends
@@ -192,6 +213,7 @@ class _Loop:
             return
         client.setblocking(False)
         relay = _Relay(client, core)
+        self._open += 1
         for index, sock in enumerate(relay.socks):
             self._by_fd[sock.fileno()] = (relay, index)
             self._epoll.register(sock.fileno(), select.EPOLLIN)
@@ -269,7 +291,8 @@ class _Loop:
         if relay.closed:
             return
         relay.closed = True
-        self._closed += 1
+        self._open -= 1
+        self._state_sent = False
         for sock in relay.socks:
             fd = sock.fileno()
             if self._by_fd.pop(fd, None) is not None:

@@ -69,7 +69,9 @@ class GrpcRelay:
 
     def __init__(self, name: str, on_refused: Callable[[int], None]) -> None:
         self.name = name  # gRPC core's abstract unix socket, without its leading NUL
-        self.connections = 0  # handed over and not ended: each holds gRPC core's end here
+        self._handed_over = 0  # since the relay process started
+        self._received = 0  # of those, how many it took, and how many of them are open, as it
+        self._open = 0  # said last
         self._on_refused = on_refused
         self._ctl: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -78,8 +80,9 @@ class GrpcRelay:
         self._closing = False
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+    def connections(self) -> int:
+        """Connections handed over and not ended: each holds gRPC core's end in this process."""
+        return self._open + self._handed_over - self._received
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -107,6 +110,7 @@ class GrpcRelay:
         if ready != b"ready" or self._closing:
             raise RelayError(f"the gRPC relay process did not start (exit code {self._proc.returncode})")
         self._ctl = ours
+        self._handed_over = self._received = self._open = 0
         self._loop.add_reader(ours.fileno(), self._on_report)
 
     def hand_over(self, sock: socket.socket, head: bytes) -> None:
@@ -115,7 +119,7 @@ class GrpcRelay:
             if self._ctl is None:
                 raise ConnectionRefusedError(errno.ECONNREFUSED, "no relay process")
             socket.send_fds(self._ctl, [head], [sock.fileno()], socket.MSG_DONTWAIT)
-            self.connections += 1
+            self._handed_over += 1
         except OSError as exc:  # EAGAIN: the relay is that far behind; EPIPE: it died
             self._on_refused(exc.errno or 0)
         finally:
@@ -133,12 +137,11 @@ class GrpcRelay:
             if not message:
                 self._lost()
                 return
-            what, _, value = message.partition(b" ")
+            what, *values = message.split()
             if what == b"refused":
-                self.connections -= 1
-                self._on_refused(int(value))
-            elif what == b"closed":
-                self.connections -= int(value)
+                self._on_refused(int(values[0]))
+            elif what == b"state":
+                self._received, self._open = int(values[0]), int(values[1])
 
     def _lost(self) -> None:
         """The relay process ended by itself (killed, crashed): its connections are gone; start another."""
@@ -146,7 +149,7 @@ class GrpcRelay:
         self._loop.remove_reader(self._ctl.fileno())
         self._ctl.close()
         self._ctl = None
-        self.connections = 0
+        self._handed_over = self._received = self._open = 0
         self._stop_process()
         if self._closing:
             return

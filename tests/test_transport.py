@@ -212,6 +212,20 @@ def test_at_the_descriptor_limit_open_connections_keep_working(start, many_socke
         existing.close()
 
 
+@pytest.mark.parametrize("variant", ["etcdlite", "etcdlite-py-relay"])
+def test_connections_that_ended_are_no_longer_counted(start, many_sockets, variant: str) -> None:
+    """Four rounds of 120 gRPC connections opened and closed again: 480 in all, more than the
+    362 the port keeps open at once under its limit, so each round must see the last one's gone."""
+    srv = start(variant, nofile=LIMIT)
+    for _ in range(4):
+        socks = [_h2_connect(srv.port) for _ in range(120)]
+        assert all(socks)
+        for sock in socks:
+            sock.close()  # type: ignore[union-attr]
+        time.sleep(0.3)
+    assert "refused client connections" not in srv.log()
+
+
 def _http_connect(port: int, timeout: float = 5.0) -> socket.socket | None:
     """A keep-alive HTTP/1.1 connection that answered GET /health, or None."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
@@ -432,3 +446,36 @@ def test_relay_process_ends_when_the_server_is_killed(start) -> None:
     while _running(relay[0]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _running(relay[0]), "the relay process outlived the killed server"
+
+
+# --------------------------------------------------------------------------- the trailer rewrite
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def test_relay_rewords_cores_refusal_wherever_the_reads_split_it() -> None:
+    """The Python relay loop's frame walk (the C loop's twin): core's refusal trailer, between other
+    frames, reworded however the bytes arrive; any other frame passes unchanged."""
+    from etcdlite.relay_loop import Frames
+
+    status = _literal(b"grpc-status", b"8")
+    cores = _frame(1, 5, 3, _literal(b":status", b"200") + status +
+                   _literal(b"grpc-message", b"SERVER: Received message larger than max (52428808 vs. 2097152)"))
+    ours = _frame(1, 5, 3, _literal(b":status", b"200") + status +
+                  _literal(b"grpc-message", b"grpc: received message larger than max (52428808 vs. 2097152)"))
+    other_trailer = _frame(1, 5, 5, status + _literal(b"grpc-message", b"etcdserver: request is too large"))
+    before = _frame(4, 0, 0, b"") + _frame(0, 0, 1, b"d" * 3000) + _frame(1, 4, 1, b"\x88")
+    after = _frame(0, 1, 7, b"e" * 700) + other_trailer + _frame(1, 5, 9, b"x" * 600)  # too big to hold
+    stream = before + cores + after
+    want = before + ours + after
+    for step in (1, 2, 7, 9, 10, 64, 1000, len(stream)):
+        for offset in (0, 3):
+            frames = Frames()
+            pieces = [stream[:offset]] + [stream[i:i + step] for i in range(offset, len(stream), step)]
+            assert b"".join(frames.filter(piece) for piece in pieces) == want, (step, offset)
