@@ -53,24 +53,33 @@ def connection_limit() -> int:
 
 
 class RefusalLog:
-    """One warning per ``REFUSAL_LOG_SECONDS`` for connections refused meanwhile, never a flood."""
+    """Connections refused, told in one warning per reason every ``REFUSAL_LOG_SECONDS`` at most
+    (the first at once), never one per connection."""
 
     def __init__(self) -> None:
-        self.refused = 0  # since start
         self._unreported: dict[str, int] = {}
         self._last = -REFUSAL_LOG_SECONDS
+        self._timer: asyncio.TimerHandle | None = None
 
     def note(self, err: int | str) -> None:
         """One refusal, for an errno or a reason in words."""
-        self.refused += 1
         reason = err if isinstance(err, str) else os.strerror(err).lower() if err else "unknown error"
         self._unreported[reason] = self._unreported.get(reason, 0) + 1
-        now = time.monotonic()
-        if now - self._last >= REFUSAL_LOG_SECONDS:
-            self._last = now
-            for reason, count in self._unreported.items():
-                log.warning("refused client connections", extra={"fields": {"error": reason, "count": count}})
-            self._unreported.clear()
+        if self._timer is None:
+            wait = max(0.0, self._last + REFUSAL_LOG_SECONDS - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(wait, self._tell)
+
+    def _tell(self) -> None:
+        self._timer = None
+        self._last = time.monotonic()
+        for reason, count in self._unreported.items():
+            log.warning("refused client connections", extra={"fields": {"error": reason, "count": count}})
+        self._unreported.clear()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class ClientPortMux:
@@ -247,6 +256,7 @@ class ClientPortMux:
         if self._spare is not None:
             os.close(self._spare)
             self._spare = None
+        self.refusals.close()
 
     def abort_connections(self) -> None:
         """Cut every connection gone to gRPC (after gRPC's own graceful stop)."""
