@@ -39,6 +39,7 @@ from .transport.front import ClientPortMux, internal_grpc_address
 from .transport.gateway import Gateway
 from .transport.metrics import ServerMetrics
 from .transport.rpc import generic_handler
+from .transport.splice import RelayError
 
 log = logging.getLogger("etcdlite")
 
@@ -116,8 +117,10 @@ class EtcdServer:
             options=[
                 # without this a second server on the same port starts silently
                 ("grpc.so_reuseport", 0),
-                # etcd's limits are checked by the handlers, in etcd's words; core only stops the absurd
-                ("grpc.max_receive_message_length", cfg.grpc_hard_receive_bytes),
+                # etcd's gRPC receive limit, refused by core at the message's length prefix, before
+                # the message is buffered (the client-port relay gives the refusal grpc-go's words)
+                ("grpc.max_receive_message_length", cfg.grpc_max_receive_bytes),
+                ("grpc.http.tarpit", 0),  # grpc-go answers a refused call at once, not 0.1-1 s later
                 ("grpc.max_send_message_length", 2**31 - 1),
                 ("grpc.max_concurrent_streams", 2**31 - 1),
             ],
@@ -127,10 +130,14 @@ class EtcdServer:
         self.http = HttpListeners(checks, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes))
         muxed = self._muxed_addresses()
         if muxed:
-            internal, path = internal_grpc_address()
+            internal, name = internal_grpc_address()
             if self._grpc.add_port(internal) == 0:
                 raise ConfigError(f"cannot listen on the internal gRPC address {internal}")
-            self._mux = ClientPortMux(path, self.http.client)
+            self._mux = ClientPortMux(name, self.http.client)
+            try:
+                await self._mux.start()
+            except RelayError as exc:
+                raise ConfigError(str(exc)) from None
         for address, tls in cfg.listen_addresses():
             if (address, tls) in muxed:
                 assert self._mux is not None

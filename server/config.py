@@ -82,11 +82,6 @@ class Config:
         """etcd's gRPC receive limit: past it, grpc-go's "received message larger than max"."""
         return self.max_request_bytes + GRPC_OVERHEAD_BYTES
 
-    @property
-    def grpc_hard_receive_bytes(self) -> int:
-        """gRPC core's own limit, well above etcd's, so etcd's message is the one clients see."""
-        return max(4 * self.grpc_max_receive_bytes, 64 * 1024 * 1024)
-
     def listen_addresses(self) -> list[tuple[str, bool]]:
         """(host:port, tls) for the gRPC server, from the client URLs."""
         out = []

@@ -1,4 +1,4 @@
-"""The gRPC engine (``server/engine.py``) and the client-port splice (``server/splice.py``).
+"""The gRPC engine (``server/transport/engine.py``) and the client-port splice (``server/transport/splice.py``).
 
 Everything else in the suite runs through them too; these tests cover what it would not reach:
 the engine on an event loop other than its own (the helper thread then carries every event),

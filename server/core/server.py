@@ -30,6 +30,7 @@ from .compactor import Compactor, new_compactor
 from .kv import KVApplier
 from .lease import Lessor
 from .membership import Member, Membership
+from .request_size import RaftSizeLimit
 from .watch import WatchHub
 
 log = logging.getLogger("etcdlite")
@@ -64,7 +65,7 @@ class Core:
         self.compactor: Compactor | None = new_compactor(
             config.auto_compaction_mode, config.auto_compaction_retention,
             lambda: backend.visible_revision, self.compact_to)
-        self._max_request_bytes = config.max_request_bytes
+        self._size_limit = RaftSizeLimit(config.max_request_bytes, self.member_id, self.auth)
         self._max_txn_ops = config.max_txn_ops
         self._recovered: Recovered | None = None
 
@@ -130,9 +131,6 @@ class Core:
         self.fill_header(header)
         return header
 
-    def _check_size(self, request: Any) -> None:
-        if request.ByteSize() > self._max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE
 
     @property
     def quota_bytes(self) -> int:
@@ -159,11 +157,11 @@ class Core:
             self.alarms.activate(self.member_id, NOSPACE)
             raise errors.NO_SPACE
 
-    async def _write(self, request: Any, apply: Callable[[WriteTxn], R], *, sized: bool = True,
+    async def _write(self, request: Any, who: Who, apply: Callable[[WriteTxn], R], *, sized: bool = True,
                      needs_space: bool = False) -> R:
         """Size, quota, apply, wait durable, header: the rest of every write's pipeline."""
         if sized:
-            self._check_size(request)
+            self._size_limit.check(request, who)  # as etcd measures it: the request wrapped for raft
         if needs_space:
             self.check_space()
         resp = await self.backend.write(apply)
@@ -183,18 +181,18 @@ class Core:
     async def put(self, r: pb.PutRequest, who: Who) -> pb.PutResponse:
         kv.check_put(r)
         self.auth.check_put(who, r)
-        return await self._write(r, lambda txn: self.kv.put(txn, r), needs_space=True)
+        return await self._write(r, who, lambda txn: self.kv.put(txn, r), needs_space=True)
 
     async def delete_range(self, r: pb.DeleteRangeRequest, who: Who) -> pb.DeleteRangeResponse:
         kv.check_delete(r)
         self.auth.check_delete_range(who, r)
-        return await self._write(r, lambda txn: self.kv.delete_range(txn, r))
+        return await self._write(r, who, lambda txn: self.kv.delete_range(txn, r))
 
     async def txn(self, r: pb.TxnRequest, who: Who) -> pb.TxnResponse:
         kv.check_txn(r, self._max_txn_ops)
         self.auth.check_txn(who, r)
         # etcd serves read-only txns without raft, so their size is not checked
-        return await self._write(r, lambda txn: self.kv.txn(txn, r), sized=not kv.is_read_only(r),
+        return await self._write(r, who, lambda txn: self.kv.txn(txn, r), sized=not kv.is_read_only(r),
                                  needs_space=kv.has_put(r))
 
     async def compact(self, r: pb.CompactionRequest, who: Who) -> pb.CompactionResponse:
@@ -217,7 +215,7 @@ class Core:
             lease = self.lessor.grant(txn, r.ID, r.TTL)
             return pb.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)
 
-        return await self._write(r, grant, needs_space=True)
+        return await self._write(r, who, grant, needs_space=True)
 
     async def lease_revoke(self, r: pb.LeaseRevokeRequest, who: Who) -> pb.LeaseRevokeResponse:
         self.auth.check_lease_revoke(who, r)
@@ -226,7 +224,7 @@ class Core:
             self.lessor.revoke(txn, r.ID)
             return pb.LeaseRevokeResponse()
 
-        return await self._write(r, revoke, sized=False)
+        return await self._write(r, who, revoke, sized=False)
 
     def _revoke_expired(self, lease_id: int) -> None:
         self.backend.write_nowait(lambda txn: self.lessor.revoke(txn, lease_id))

@@ -61,8 +61,8 @@ class BadRequest:
 def _deserializer(req_cls: Any, max_bytes: int) -> Callable[[bytes], Any]:
     """Parse a request, refusing what grpc-go refuses with grpc-go's words.
 
-    gRPC core's own limit is set far higher, so a request between
-    ``--max-request-bytes`` + 512 KiB and that gets etcd's message, not core's.
+    gRPC core refuses a message above ``max_bytes`` first, at its length prefix (app.py); the
+    size check here only guards a handler called with a bigger one some other way.
     """
     parse = req_cls.FromString
 
