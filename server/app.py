@@ -102,7 +102,8 @@ class EtcdServer:
             ],
         )
         credentials = _server_credentials(cfg)
-        self.http = HttpListeners(self.node, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes))
+        self.http = HttpListeners(self.node, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes),
+                                  console=cfg.console)
         muxed = self._muxed_addresses()
         if muxed:
             internal, path = internal_grpc_address()
