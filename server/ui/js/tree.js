@@ -41,6 +41,7 @@ class DirNode {
     this.busy = null;
     this.again = false;
     this.li = null;
+    this.single = hi === lo + '\0'; // a readable single key: shown as that key only
   }
 
   contains(key) {
@@ -288,6 +289,7 @@ export class KeyTree {
   }
 
   renderDir(node) {
+    if (node.single) return this.renderSingle(node);
     const caret = h('span', { class: 'caret', 'aria-hidden': 'true' }, node.expanded ? '▾' : '▸');
     const count = node.count === null ? null : h('span', { class: 'count', title: 'keys under this prefix' }, formatCount(node.count));
     const row = h('div', {
@@ -329,8 +331,17 @@ export class KeyTree {
     return ul;
   }
 
-  renderKey(node, entry) {
-    const name = entry.seg === '' ? h('em', {}, displayKey(entry.key)) : displayKey(entry.seg);
+  /** A root that is one key: its row when it exists, no directory around it. */
+  renderSingle(node) {
+    const entry = node.entries[0];
+    const li = entry ? this.renderKey(node, entry, displayKey(entry.key))
+      : h('li', { class: 'note' }, node.loaded ? `${node.label} (no such key)` : node.label);
+    node.li = li;
+    return li;
+  }
+
+  renderKey(node, entry, label = null) {
+    const name = label || (entry.seg === '' ? h('em', {}, displayKey(entry.key)) : displayKey(entry.seg));
     const row = h('div', {
       class: 'row key' + (this.selected === entry.key ? ' selected' : ''),
       role: 'treeitem',
