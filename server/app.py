@@ -17,6 +17,7 @@ from .api.lock import LockService
 from .api.maintenance import MaintenanceService
 from .api.watch import WatchService
 from .config import Config, ConfigError
+from .console import console_urls
 from .engine import GrpcEngine
 from .etcdhttp import HttpListeners, os_error_text
 from .front import ClientPortMux, internal_grpc_address
@@ -131,6 +132,10 @@ class EtcdServer:
         self.node.watches.start()
         self._grpc.start()
         log.info("ready to serve client requests", extra={"fields": {"address": ",".join(cfg.listen_client_urls)}})
+        if cfg.console:
+            urls = console_urls([f"http://{address}" for address, _ in muxed] + cfg.listen_client_http_urls)
+            if urls:
+                log.info("serving the web console", extra={"fields": {"urls": urls}})
 
     def _muxed_addresses(self) -> list[tuple[str, bool]]:
         """The client addresses the front listener takes (plain http ones, with --client-http-mux

@@ -29,11 +29,16 @@ _TYPES = {
 # Everything the page loads is its own: no inline code, no other origin, not framed.
 _SECURITY: Headers = [
     ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; object-src 'none'; "
-                                "base-uri 'none'; frame-ancestors 'none'; form-action 'none'"),
+                                "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"),
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
 ]
+
+
+def console_urls(http_urls: list[str]) -> list[str]:
+    """Where the console is, from the URLs that serve HTTP ("http://0.0.0.0:2379" -> ".../ui")."""
+    return [url.rstrip("/") + ROOT for url in http_urls]
 
 
 @dataclass(frozen=True)

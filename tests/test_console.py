@@ -76,6 +76,8 @@ def test_console_off_and_on_the_http_only_listener(tmp_path: Path) -> None:
         assert get(off.port, "/ui/")[0] == 404
         assert get(off.port, "/health")[0] == 200
         assert get(http_port, "/ui/")[0] == 200  # --listen-client-http-urls serves it too
+        assert f"http://127.0.0.1:{http_port}/ui" in on.log()  # where it is, in the start-up log
+        assert "web console" not in off.log()
     finally:
         off.stop()
         on.stop()

@@ -89,13 +89,14 @@ export class WatchFeed {
 
   add(events) {
     const time = new Date().toLocaleTimeString();
+    const rows = document.createDocumentFragment();
     for (const ev of events) {
       const kv = ev.kv;
       const key = unb64(kv.key);
       const type = ev.type === 'DELETE' ? 'DELETE' : 'PUT';
       const value = type === 'PUT' ? short(unb64(kv.value))
         : ev.prev_kv ? `was: ${short(unb64(ev.prev_kv.value))}` : '';
-      this.rows.prepend(h('tr', { class: type.toLowerCase(), dataset: { key: displayKey(key) } },
+      rows.prepend(h('tr', { class: type.toLowerCase(), dataset: { key: displayKey(key) } },
         h('td', {}, kv.mod_revision),
         h('td', {}, h('span', { class: `badge ${type.toLowerCase()}` }, type)),
         h('td', {}, h('button', { class: 'link key-link', onclick: () => this.links.openKey(key) }, displayKey(key))),
@@ -104,6 +105,7 @@ export class WatchFeed {
         h('td', { class: 'note' }, time)));
       this.seen++;
     }
+    this.rows.prepend(rows); // newest first
     while (this.rows.children.length > KEPT) this.rows.lastChild.remove();
     if (this.what) this.state.textContent = `watching ${this.what}, ${this.seen} events`;
   }
