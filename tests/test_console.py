@@ -152,6 +152,9 @@ def test_page_loads(page: Browser, console_server: EtcdProcess) -> None:
     assert page.text("#stat-alarms") == "alarms none"
     assert page.text("#user") == "auth off"
     page.wait(lambda: page.text("#tree-state") == "live", "the tree watches")
+    # offline: everything the page loaded came from the server itself
+    loaded = page.js("return performance.getEntriesByType('resource').map((e) => e.name)")
+    assert loaded and all(url.startswith(console_server.endpoint + "/") for url in loaded), loaded
     page.screenshot("loaded")
     page.click('nav.tabs button[data-tab="server"]')
     page.wait(lambda: "8e9e05c52164694d" in page.text("#members"), "the member list")
@@ -329,6 +332,30 @@ def test_with_auth_a_user_logs_in_and_sees_only_what_it_may_read(page: Browser, 
         page.screenshot("auth-limited")
         page.click("#logout")  # forgets the token: the login is asked again
         page.wait(lambda: page.css("#login").is_displayed(), "the login after logging out")
+    finally:
+        srv.stop()
+
+
+def test_an_expired_token_asks_for_the_login_again(page: Browser, tmp_path: Path) -> None:
+    srv = EtcdProcess("etcdlite", tmp_path / "data",
+                      args=["--unsafe-no-fsync", "--bcrypt-cost=4", "--auth-token-ttl=2"]).start()
+    try:
+        for args in (["user", "add", "root:rootpw"], ["user", "grant-role", "root", "root"], ["put", "/k", "v"],
+                     ["auth", "enable"]):
+            ctl(srv, *args)
+        page.open(srv.endpoint + "/ui")
+        page.type("#login-user", "root")
+        page.type("#login-password", "rootpw")
+        page.click("#login-submit")
+        page.wait(lambda: key_row(page, "/k"), "root sees the keys")
+        # idle for longer than --auth-token-ttl: the next status poll is refused, the login comes back
+        page.wait(lambda: page.css("#login").is_displayed(), "the login after the token expired", timeout=12)
+        assert "invalid auth token" in page.text("#login-reason")
+        page.type("#login-password", "rootpw")
+        page.click("#login-submit")
+        page.wait(lambda: not page.css("#login").is_displayed(), "the new login")
+        ctl(srv, "put", "/k2", "v", user="root:rootpw")
+        page.wait(lambda: key_row(page, "/k2"), "the tree is live again")
     finally:
         srv.stop()
 

@@ -114,20 +114,21 @@ export async function stream(path, messages, onMessage, { signal } = {}) {
 }
 
 // -- the calls the console makes, in etcd's names ------------------------------------------------
+// Paths are relative to the page (/ui/), so a proxy that mounts etcdlite under a sub-path works too.
 
-export const range = (req, opts) => call('/v3/kv/range', req, opts);
-export const put = (req) => call('/v3/kv/put', req);
-export const deleteRange = (req) => call('/v3/kv/deleterange', req);
-export const txn = (req) => call('/v3/kv/txn', req);
-export const compact = (req) => call('/v3/kv/compaction', req);
-export const leaseGrant = (req) => call('/v3/lease/grant', req);
-export const leaseRevoke = (req) => call('/v3/lease/revoke', req);
-export const leaseTimeToLive = (req) => call('/v3/lease/timetolive', req);
-export const leaseLeases = () => call('/v3/lease/leases', {});
-export const status = () => call('/v3/maintenance/status', {});
-export const alarms = () => call('/v3/maintenance/alarm', { action: 'GET' });
-export const members = () => call('/v3/cluster/member/list', {});
-export const authStatus = () => call('/v3/auth/status', {});
-export const authenticate = (name, password) => call('/v3/auth/authenticate', { name, password });
-export const userGet = (name) => call('/v3/auth/user/get', { name });
-export const roleGet = (role) => call('/v3/auth/role/get', { role });
+export const range = (req, opts) => call('../v3/kv/range', req, opts);
+export const put = (req) => call('../v3/kv/put', req);
+export const deleteRange = (req) => call('../v3/kv/deleterange', req);
+export const txn = (req) => call('../v3/kv/txn', req);
+export const compact = (req) => call('../v3/kv/compaction', req);
+export const leaseGrant = (req) => call('../v3/lease/grant', req);
+export const leaseRevoke = (req) => call('../v3/lease/revoke', req);
+export const leaseTimeToLive = (req) => call('../v3/lease/timetolive', req);
+export const leaseLeases = () => call('../v3/lease/leases', {});
+export const status = () => call('../v3/maintenance/status', {});
+export const alarms = () => call('../v3/maintenance/alarm', { action: 'GET' });
+export const members = () => call('../v3/cluster/member/list', {});
+export const authStatus = () => call('../v3/auth/status', {});
+export const authenticate = (name, password) => call('../v3/auth/authenticate', { name, password });
+export const userGet = (name) => call('../v3/auth/user/get', { name });
+export const roleGet = (role) => call('../v3/auth/role/get', { role });

@@ -64,6 +64,10 @@ class ConsoleApp {
           this.keyView.changed(key);
         }
       },
+      onCanceled: (msg) => {
+        // reconnected after a compaction passed the revision it resumes from: list everything again
+        if (msg.compact_revision) this.showTree();
+      },
       onState: (state) => {
         $('#tree-state').textContent = state === 'watching' ? 'live' : state;
         $('#tree-state').className = state === 'watching' ? 'live' : 'note';

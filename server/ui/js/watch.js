@@ -56,7 +56,7 @@ export class WatchStream {
     this.controller = controller;
     const ids = new Map(); // watch_id -> index of the range, in the order the creates are answered
     try {
-      await api.stream('/v3/watch', this.createRequests(), (msg) => this.receive(msg, ids), { signal: controller.signal });
+      await api.stream('../v3/watch', this.createRequests(), (msg) => this.receive(msg, ids), { signal: controller.signal });
       if (!this.stopped && controller === this.controller) this.retry('the stream ended');
     } catch (err) {
       if (controller !== this.controller || this.stopped || err.name === 'AbortError') return;
