@@ -23,6 +23,7 @@ export class KeyView {
     this.historyEnd = null; // 'created' | 'compacted' | null (more may be fetched)
     this.editing = false;
     this.diffPair = null; // [from index, to index] into versions
+    this.generation = 0; // counts show() calls, so only the latest one draws
   }
 
   // -- a key ----------------------------------------------------------------------------------
@@ -35,54 +36,32 @@ export class KeyView {
       this.mode = null;
       this.diffPair = null;
     }
+    const shown = ++this.generation; // a later show() (another key, a change) wins
     let kv = null;
+    const versions = [];
+    let end = null;
     try {
       const answer = await api.range({ key: b64(key) });
       kv = answer.kvs ? answer.kvs[0] : null;
+      if (kv) {
+        versions.push(kv);
+        end = await olderVersions(key, versions, HISTORY_PAGE);
+      }
     } catch (err) {
-      if (key === this.key) this.message(displayKey(key), err.message, true);
+      if (shown === this.generation) this.message(displayKey(key), err.message, true);
       return;
     }
-    if (key !== this.key) return; // another key was chosen meanwhile
+    if (shown !== this.generation) return;
     this.kv = kv;
-    if (!kv) {
-      this.versions = [];
-      this.renderMissing();
-      return;
-    }
-    this.versions = [kv];
-    this.historyEnd = null;
-    await this.loadOlder(HISTORY_PAGE);
-    if (key === this.key) this.render();
+    this.versions = versions;
+    this.historyEnd = end;
+    if (kv) this.render();
+    else this.renderMissing();
   }
 
   /** A change the watch saw: the key shown is read again (unless it is being edited). */
   changed(key) {
     if (key === this.key && !this.editing) this.show(key);
-  }
-
-  async loadOlder(n) {
-    let oldest = this.versions[this.versions.length - 1];
-    for (let i = 0; i < n && !this.historyEnd; i++) {
-      const rev = Number(oldest.mod_revision) - 1;
-      if (rev < Number(oldest.create_revision)) {
-        this.historyEnd = 'created';
-        break;
-      }
-      try {
-        const answer = await api.range({ key: b64(this.key), revision: String(rev) });
-        const kv = answer.kvs ? answer.kvs[0] : null;
-        if (!kv) {
-          this.historyEnd = 'created';
-          break;
-        }
-        this.versions.push(kv);
-        oldest = kv;
-      } catch (err) {
-        if (!api.isCompacted(err)) throw err;
-        this.historyEnd = 'compacted';
-      }
-    }
   }
 
   message(title, text, error = false) {
@@ -156,13 +135,18 @@ export class KeyView {
   }
 
   async older() {
+    const shown = this.generation;
+    const versions = this.versions.slice();
+    let end;
     try {
-      await this.loadOlder(HISTORY_PAGE);
+      end = await olderVersions(this.key, versions, HISTORY_PAGE);
     } catch (err) {
-      this.historyEnd = null;
       $('#history').append(h('p', { class: 'error' }, err.message));
       return;
     }
+    if (shown !== this.generation) return;
+    this.versions = versions;
+    this.historyEnd = end;
     $('#history').replaceWith(this.renderHistory());
   }
 
@@ -249,6 +233,7 @@ export class KeyView {
   showDir(node) {
     this.key = null;
     this.editing = false;
+    this.generation++;
     const prefix = node.prefix;
     fill(this.element,
       h('div', { class: 'title-row' }, h('h2', { class: 'title' }, displayKey(prefix) || node.label)),
@@ -276,6 +261,7 @@ export class KeyView {
   newKey(prefix) {
     this.key = null;
     this.editing = true;
+    this.generation++;
     const keyInput = h('input', { id: 'new-key', value: displayKey(prefix), spellcheck: false });
     const area = h('textarea', { id: 'new-value', rows: '10', spellcheck: false });
     const lease = h('input', { id: 'new-lease', placeholder: 'none' });
@@ -317,6 +303,29 @@ export class KeyView {
       this.show(key);
     }
   }
+}
+
+/** Appends up to `n` older versions of `key` to `versions` (newest first), each read with a range
+ * at the revision before the oldest one known; says why it stopped: 'created' (version 1 reached),
+ * 'compacted' (older revisions are gone) or null (there may be more). */
+async function olderVersions(key, versions, n) {
+  let oldest = versions[versions.length - 1];
+  for (let i = 0; i < n; i++) {
+    const rev = Number(oldest.mod_revision) - 1;
+    if (rev < Number(oldest.create_revision)) return 'created';
+    let answer;
+    try {
+      answer = await api.range({ key: b64(key), revision: String(rev) });
+    } catch (err) {
+      if (api.isCompacted(err)) return 'compacted';
+      throw err;
+    }
+    const kv = answer.kvs ? answer.kvs[0] : null;
+    if (!kv) return 'created';
+    versions.push(kv);
+    oldest = kv;
+  }
+  return Number(oldest.version) === 1 ? 'created' : null;
 }
 
 function preview(kv) {

@@ -43,7 +43,9 @@ export class ServerView {
       this.errors.push(err.message);
     }
     this.renderBar();
-    this.render();
+    // not while the user is typing in the tab's form (it would lose the focus)
+    const active = document.activeElement;
+    if (!(active && this.element.contains(active) && active.matches('input, select, textarea'))) this.render();
   }
 
   /** etcd's API does not tell the compact revision; it is the oldest revision a range may ask
@@ -106,13 +108,6 @@ export class ServerView {
         ['DB size', formatBytes(st.dbSize || 0)],
         ['DB size in use', formatBytes(st.dbSizeInUse || 0)],
       ])),
-      h('section', { class: 'card wide' }, h('h3', {}, 'Members'),
-        h('table', { class: 'grid', id: 'members' },
-          h('thead', {}, h('tr', {}, ['name', 'ID', 'peer URLs', 'client URLs', 'learner'].map((t) => h('th', {}, t)))),
-          h('tbody', {}, this.members.map((m) => h('tr', {},
-            h('td', {}, m.name || '(unstarted)'), h('td', { class: 'mono' }, hex(m.ID)),
-            h('td', {}, (m.peerURLs || []).join(', ')), h('td', {}, (m.clientURLs || []).join(', ')),
-            h('td', {}, m.isLearner ? 'yes' : 'no')))))),
       h('section', { class: 'card' }, h('h3', {}, 'Alarms'),
         this.alarms.length
           ? h('ul', { id: 'alarms' }, this.alarms.map((a) => h('li', { class: 'alarm' }, `${a.alarm} on member ${hex(a.memberID)}`)))
@@ -125,7 +120,14 @@ export class ServerView {
         } },
         h('label', { class: 'inline' }, 'revision ', this.compactInput),
         h('label', { class: 'inline' }, this.physical, ' physical (wait until it is done)'),
-        h('button', { class: 'danger', id: 'compact' }, 'Compact…'))));
+        h('button', { class: 'danger', id: 'compact' }, 'Compact…'))),
+      h('section', { class: 'card wide' }, h('h3', {}, 'Members'),
+        h('table', { class: 'grid', id: 'members' },
+          h('thead', {}, h('tr', {}, ['name', 'ID', 'peer URLs', 'client URLs', 'learner'].map((t) => h('th', {}, t)))),
+          h('tbody', {}, this.members.map((m) => h('tr', {},
+            h('td', {}, m.name || '(unstarted)'), h('td', { class: 'mono' }, hex(m.ID)),
+            h('td', {}, (m.peerURLs || []).join(', ')), h('td', {}, (m.clientURLs || []).join(', ')),
+            h('td', {}, m.isLearner ? 'yes' : 'no')))))));
   }
 
   async compact() {
@@ -137,7 +139,8 @@ export class ServerView {
       danger: true,
     });
     if (!ok) return;
-    await runEdit(`Compact at revision ${rev}`, () => api.compact({ revision: String(rev), physical: this.physical.checked }));
+    await runEdit(`Compact at revision ${rev}`, () => api.compact({ revision: String(rev), physical: this.physical.checked }),
+      () => `Compacted: versions older than revision ${rev} are gone`);
     this.poll();
   }
 }

@@ -31,12 +31,13 @@ export function notify(text, kind = 'ok') {
   if (kind !== 'error') setTimeout(() => item.remove(), 4000);
 }
 
-/** Runs an edit the user confirmed ("Put /a"), reporting its outcome; null when it failed. */
-export async function runEdit(what, operation) {
+/** Runs an edit the user confirmed ("Put /a"), reporting its outcome (`done` words a success);
+ * null when it failed. */
+export async function runEdit(what, operation, done = null) {
   try {
     const result = await operation();
     const rev = result && result.header && result.header.revision;
-    notify(rev ? `${what}: done at revision ${rev}` : `${what}: done`);
+    notify(done ? done(result) : rev ? `${what}: done, revision ${rev}` : `${what}: done`);
     return result;
   } catch (err) {
     notify(`${what} failed: ${err.message}`, 'error');
