@@ -142,6 +142,76 @@ def key_row(b: Browser, key: str) -> list[Any]:
     return b.all(f'#tree .row.key[data-key="{key}"]')
 
 
+def run_module(b: Browser, body: str) -> Any:
+    """Runs ``body`` (an async function body that may ``await import('js/x.js')``) in the page."""
+    result = b.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        f"(async () => {{ {body} }})().then(done, (e) => done({{error: String(e) + e.stack}}));")
+    assert not (isinstance(result, dict) and "error" in result), result
+    return result
+
+
+def test_tree_pages_through_directories_and_keys(page: Browser, console_server: EtcdProcess) -> None:
+    """The listing jumps past each directory and pages 100 entries at a time: every entry once, in
+    etcd's byte order, whatever mix of directories (many keys each) and keys a prefix holds."""
+    kv = console_server.stubs().kv
+    keys = [b"/pages/d%03d/%s" % (i, leaf) for i in range(150) for leaf in (b"x", b"y", b"z\xff")]
+    keys += [b"/pages/k%03d" % i for i in range(0, 150)] + [b"/pages/", b"/pages0"]
+    kv.Txn(pb.TxnRequest(success=[pb.RequestOp(request_put=pb.PutRequest(key=k)) for k in keys[:100]]))
+    for k in keys[100:]:
+        kv.Put(pb.PutRequest(key=k))
+    page.open(console_server.endpoint + "/ui/#server")
+    result = run_module(page, """
+        const { KeyTree } = await import('./js/tree.js');
+        const tree = new KeyTree(document.createElement('ul'), { onKey() {}, onDir() {} });
+        const node = tree.rootNode({ lo: '/pages/', hi: '/pages0' }, '/pages/');
+        const pages = [];
+        window.__calls.length = 0;
+        let cursor = node.lo;
+        while (cursor !== null) {
+          const page = await tree.list(node, cursor, 100);
+          pages.push(page.entries.map((e) => e.seg));
+          cursor = page.cursor;
+        }
+        return { pages, requests: window.__calls.length };
+    """)
+    expected = [""] + [f"d{i:03d}/" for i in range(150)] + [f"k{i:03d}" for i in range(150)]
+    assert [len(p) for p in result["pages"]] == [100, 100, 100, 1]
+    assert sum(result["pages"], []) == expected
+    # a page of keys costs one range; a directory one more at most (the jump past it)
+    assert result["requests"] <= 150 + 5, result["requests"]
+
+
+def test_value_helpers_in_the_browser(page: Browser, console_server: EtcdProcess) -> None:
+    page.open(console_server.endpoint + "/ui/#server")
+    result = run_module(page, """
+        const bytes = await import('./js/bytes.js');
+        const { diffLines } = await import('./js/diff.js');
+        let bad = 0;
+        for (let t = 0; t < 500; t++) {
+          const r = () => Array.from({ length: Math.floor(Math.random() * 9) }, () => 'abc'[Math.floor(Math.random() * 3)]).join('\\n');
+          const [a, b] = [r(), r()];
+          const d = diffLines(a, b);
+          if (d.filter((e) => e.op !== '+').map((e) => e.line).join('\\n') !== a
+              || d.filter((e) => e.op !== '-').map((e) => e.line).join('\\n') !== b) bad++;
+        }
+        return {
+          bad,
+          ends: ['a', 'a\\xff', '\\xff\\xff', ''].map(bytes.prefixEnd),
+          shown: [bytes.displayKey('\\xc3\\xa9t\\xc3\\xa9\\n'), bytes.displayKey('\\x00\\xffk')],
+          parsed: bytes.parseKey('\\\\x00é') === '\\x00\\xc3\\xa9',
+          lease: [bytes.leaseHex('7587892097187093505'), bytes.leaseFromHex('694d9ba8f6d49c01')],
+          hex: bytes.hexDump('ab\\x00'),
+        };
+    """)
+    assert result["bad"] == 0
+    assert result["ends"] == ["b", "b", None, None]
+    assert result["shown"] == ["été\\x0a", "\\x00\\xffk"]
+    assert result["parsed"] is True
+    assert result["lease"] == ["694d9ba8f6d49c01", "7587892097187093505"]
+    assert result["hex"] == "00000000  61 62 00" + " " * 42 + "|ab.|"  # hexdump -C
+
+
 def test_page_loads(page: Browser, console_server: EtcdProcess) -> None:
     page.open(console_server.endpoint + "/ui")
     assert page.driver.current_url.endswith("/ui/#keys")

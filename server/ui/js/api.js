@@ -17,8 +17,7 @@ export class ApiError extends Error {
   }
 }
 
-export const GRPC = { INVALID_ARGUMENT: 3, NOT_FOUND: 5, PERMISSION_DENIED: 7, FAILED_PRECONDITION: 9,
-  OUT_OF_RANGE: 11, UNAVAILABLE: 14, UNAUTHENTICATED: 16 };
+export const GRPC = { PERMISSION_DENIED: 7, UNAVAILABLE: 14 }; // the status codes the console tells apart
 
 // etcd's texts for a request without a usable user (rpctypes: ErrUserEmpty, ErrInvalidAuthToken, ...)
 const AUTH_REQUIRED = ['etcdserver: user name is empty', 'etcdserver: invalid auth token',

@@ -3,7 +3,6 @@
 
 const encoder = new TextEncoder();
 const strictDecoder = new TextDecoder('utf-8', { fatal: true });
-const looseDecoder = new TextDecoder('utf-8');
 
 export const b64 = (bin) => btoa(bin);
 export const unb64 = (text) => (text ? atob(text) : '');
@@ -18,7 +17,7 @@ export function fromText(text) {
   return out;
 }
 
-export function toBytes(bin) {
+function toBytes(bin) {
   const bytes = new Uint8Array(bin.length);
   for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
   return bytes;
@@ -32,8 +31,6 @@ export function utf8(bin) {
     return null;
   }
 }
-
-export const utf8Loose = (bin) => looseDecoder.decode(toBytes(bin));
 
 /** The end of the range of keys starting with `prefix` (etcd's GetPrefixRangeEnd); null: no end. */
 export function prefixEnd(prefix) {

@@ -69,7 +69,7 @@ async function readableScopes(name) {
 }
 
 /** Sorted, overlapping or touching ranges joined. */
-export function merge(ranges) {
+function merge(ranges) {
   const sorted = ranges.filter((r) => r.hi === null || r.lo < r.hi)
     .sort((a, b) => (a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
   const out = [];

@@ -3,7 +3,7 @@
 import { hexDump, utf8 } from './bytes.js';
 import { h } from './dom.js';
 
-export const MODES = ['text', 'json', 'hex'];
+const MODES = ['text', 'json', 'hex'];
 const SHOWN_BYTES = { text: 256 * 1024, json: 256 * 1024, hex: 64 * 1024 };
 
 function parseJson(text) {
