@@ -84,14 +84,15 @@ def test_console_off_and_on_the_http_only_listener(tmp_path: Path) -> None:
 
 
 def test_every_console_file_is_package_data() -> None:
-    """A wheel carries exactly what pyproject's package-data globs name: every file under
-    server/ui must match one, or the installed console would miss it."""
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    globs = config["tool"]["setuptools"]["package-data"]["etcdlite"]
-    files = [p.relative_to(ROOT / "server").as_posix() for p in UI_DIR.rglob("*") if p.is_file()]
-    assert files and all(any(fnmatch(f, g) for g in globs) for f in files), (files, globs)
-    for f in files:  # served with a known content type, loaded from the page or its modules
-        assert Path(f).suffix in (".html", ".js", ".css", ".svg"), f
+    """A wheel carries what pyproject's packages and package-data name: every file under
+    server/ui must match a glob of its directory's package, or the installed console would miss it."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    data = setuptools["package-data"]
+    for path in (p for p in UI_DIR.rglob("*") if p.is_file()):
+        package = ".".join(["etcdlite", *path.parent.relative_to(ROOT / "server").parts])
+        assert package in setuptools["packages"], path
+        assert any(fnmatch(path.name, g) for g in data.get(package, [])), (path, data)
+        assert path.suffix in (".html", ".js", ".css", ".svg"), path  # served with a known content type
 
 
 # -- in the browser ------------------------------------------------------------------------------
