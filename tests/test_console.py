@@ -311,7 +311,19 @@ def test_edits_wait_for_a_confirmation(page: Browser, console_server: EtcdProces
     page.click("#confirm-cancel")
     assert ctl(console_server, "get", "/edit/k", "--print-value-only").strip() == "old"  # nothing without a yes
 
+    ctl(console_server, "put", "/edit/k", "theirs")  # changed by someone else while the editor is open
     page.click("#edit-save")
+    page.click("#confirm-ok")
+    page.wait(lambda: "nothing was written" in page.text("#toasts .toast.error"), "the put refused")
+    assert ctl(console_server, "get", "/edit/k", "--print-value-only").strip() == "theirs"  # not overwritten
+    page.click("#toasts .toast.error button")
+    page.click("#edit-cancel")
+    page.wait(lambda: page.css("#value").text == "theirs", "the value as it is now")
+
+    page.click("#key-edit")
+    page.type("#edit-value", "new")
+    page.click("#edit-save")
+    page.wait(lambda: "- theirs" in page.text("#confirm"), "the diff against what is there now")
     page.click("#confirm-ok")
     page.wait(lambda: ctl(console_server, "get", "/edit/k", "--print-value-only").strip() == "new", "the put")
     page.wait(lambda: page.css("#value").text == "new", "the page shows the new value")

@@ -190,7 +190,7 @@ export class KeyView {
       h('label', { class: 'inline' }, 'lease (hex) ', lease),
       h('div', { class: 'actions' },
         h('button', { id: 'edit-save', class: 'primary', onclick: () => this.save(old, area.value, lease.value) }, 'Save…'),
-        h('button', { onclick: () => this.show(this.key) }, 'Cancel')));
+        h('button', { id: 'edit-cancel', onclick: () => this.show(this.key) }, 'Cancel')));
     area.focus();
   }
 
@@ -204,6 +204,7 @@ export class KeyView {
     }
     const value = fromText(text);
     const key = this.key;
+    const seen = this.kv.mod_revision;
     const ok = await confirmEdit({
       title: 'Put this key?',
       body: [facts([['key', displayKey(key)], ['size', `${value.length} bytes`], ['lease', lease ? leaseHex(lease) : 'none']]),
@@ -211,9 +212,16 @@ export class KeyView {
       action: 'Put',
     });
     if (!ok) return;
-    const req = { key: b64(key), value: b64(value) };
-    if (lease) req.lease = lease;
-    if (await runEdit(`Put ${displayKey(key)}`, () => api.put(req))) this.show(key);
+    const put = { key: b64(key), value: b64(value) };
+    if (lease) put.lease = lease;
+    // only over the version the diff was made from: a change made meanwhile is not overwritten
+    const unchanged = { key: b64(key), target: 'MOD', result: 'EQUAL', mod_revision: seen };
+    const done = await runEdit(`Put ${displayKey(key)}`, async () => {
+      const answer = await api.txn({ compare: [unchanged], success: [{ request_put: put }] });
+      if (!answer.succeeded) throw new Error(`the key changed after revision ${seen}; nothing was written (look again, then edit)`);
+      return answer;
+    });
+    if (done) this.show(key);
   }
 
   async remove() {

@@ -142,8 +142,8 @@ export class KeyTree {
         const next = prefixEnd(node.prefix + seg);
         cursor = next === null || (node.hi !== null && next >= node.hi) ? null : next;
       }
-      const rest = kvs.slice(i).some((kv) => unb64(kv.key) >= (cursor ?? '\uffff'));
-      if (!answer.more && !rest) cursor = null; // every key up to the end was seen
+      const unseen = kvs.slice(i).some((kv) => unb64(kv.key) >= (cursor ?? '\uffff'));
+      if (!answer.more && !unseen) cursor = null; // every key up to the end was seen
       // a page spent inside one directory: ask for fewer keys before the next jump
       batch = entries.length - before <= 1 && kvs.length > 1 ? Math.max(4, batch >> 2) : Math.min(PAGE, batch * 2);
       if (!kvs.length) cursor = null;
