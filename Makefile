@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= default.etcd
 # extra flags for `make run`, e.g. ARGS="--unsafe-no-fsync"
 ARGS ?=
+# where tests leave what a person may want to look at (the console's screenshots)
+ETCDLITE_ARTIFACTS ?= $(CURDIR)/test-artifacts
+export ETCDLITE_ARTIFACTS
 
 .PHONY: install run test test-server test-clients proto proto-check bench clean crash-test browser
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shutil
 import time
 import tomllib
 from collections.abc import Iterator
@@ -106,6 +107,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
         pytest.skip(why)
     base = os.environ.get("ETCDLITE_ARTIFACTS")
     artifacts = Path(base) / "console" if base else tmp_path_factory.mktemp("console-screenshots")
+    shutil.rmtree(artifacts, ignore_errors=True)  # this run's screenshots only
     b = Browser(tmp_path_factory.mktemp("chromium-profile"), artifacts)
     yield b
     b.close()
@@ -373,6 +375,23 @@ def test_compaction_waits_for_a_confirmation(page: Browser, tmp_path: Path) -> N
         rc, _, err = etcdctl(srv.endpoint, "get", "k", "--rev=3")
         assert rc != 0 and "required revision has been compacted" in err
         page.screenshot("compacted")
+    finally:
+        srv.stop()
+
+
+def test_a_raised_alarm_shows(page: Browser, tmp_path: Path) -> None:
+    srv = EtcdProcess("etcdlite", tmp_path / "data", args=["--unsafe-no-fsync", "--quota-backend-bytes=4096"]).start()
+    try:
+        for i in range(10):  # the quota is checked before a write: the one past it is refused
+            rc, _, err = etcdctl(srv.endpoint, "put", f"big{i}", "x" * 8192)
+            if rc != 0:
+                break
+        assert rc != 0 and "database space exceeded" in err
+        page.open(srv.endpoint + "/ui/#server")
+        page.wait(lambda: page.text("#stat-alarms") == "alarms NOSPACE", "the alarm in the bar")
+        assert "alarm" in page.css("#stat-alarms").get_attribute("class")
+        assert page.text("#alarms") == "NOSPACE on member 8e9e05c52164694d"
+        page.screenshot("alarm")
     finally:
         srv.stop()
 
