@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= default.etcd
 # extra flags for `make run`, e.g. ARGS="--unsafe-no-fsync"
 ARGS ?=
+# where tests leave what a person may want to look at (the console's screenshots)
+ETCDLITE_ARTIFACTS ?= $(CURDIR)/test-artifacts
+export ETCDLITE_ARTIFACTS
 
-.PHONY: install run test test-server test-clients lint proto proto-check bench clean crash-test
+.PHONY: install run test test-server test-clients lint proto proto-check bench clean crash-test browser
 
 $(STAMP): pyproject.toml server/transport/_splice.c
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +41,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check server tests bench protos
 	$(BIN)/mypy
 
-test-server: $(STAMP)
+# The web console's tests drive Debian's chromium through its chromedriver: installed here when
+# missing (CI runs as root on a fresh machine); elsewhere those tests skip and say why.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing chromium and chromium-driver for the console's browser tests"; \
+			apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends chromium chromium-driver fonts-liberation >/dev/null; \
+		else \
+			echo "note: chromium is not installed (apt-get install chromium chromium-driver): browser tests skip"; \
+		fi; \
+	fi
+
+test-server: $(STAMP) browser
 	$(BIN)/pytest -q tests --ignore=tests/clients
 
 test-clients: $(STAMP)

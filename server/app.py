@@ -33,6 +33,7 @@ from .storage.backend import Backend
 from .storage.memory.backend import MemoryBackend
 from .storage.memory.files import DiskFaults
 from .storage.memory.writer import WALOptions
+from .transport.console import console_urls
 from .transport.engine import GrpcEngine
 from .transport.etcdhttp import HttpListeners, os_error_text
 from .transport.front import ClientPortMux, internal_grpc_address
@@ -127,7 +128,8 @@ class EtcdServer:
         )
         credentials = _server_credentials(cfg)
         checks = HealthChecks(self.core, self.metrics.health)
-        self.http = HttpListeners(checks, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes))
+        self.http = HttpListeners(checks, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes),
+                                  console=cfg.console)
         muxed = self._muxed_addresses()
         if muxed:
             internal, name = internal_grpc_address()
@@ -158,6 +160,10 @@ class EtcdServer:
         await self.core.start()
         self._grpc.start()
         log.info("ready to serve client requests", extra={"fields": {"address": ",".join(cfg.listen_client_urls)}})
+        if cfg.console:
+            urls = console_urls([f"http://{address}" for address, _ in muxed] + cfg.listen_client_http_urls)
+            if urls:
+                log.info("serving the web console", extra={"fields": {"urls": urls}})
 
     def _muxed_addresses(self) -> list[tuple[str, bool]]:
         """The client addresses the front listener takes (plain http ones, with --client-http-mux

@@ -53,6 +53,7 @@ class Config:
     bcrypt_cost: int = 10  # etcd's default; 4..31
     log_format: str = "json"
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
+    console: bool = True  # the web console at /ui on the client HTTP ports
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -136,6 +137,7 @@ _FLAGS: dict[str, tuple[str, type | str]] = {
     "log-outputs": ("", str),
     "log-format": ("log_format", str),
     "experimental-watch-progress-notify-interval": ("watch_progress_notify_interval", _DURATION),
+    "console": ("console", bool),
 }
 _IGNORED_FLAGS = [
     "wal-dir", "heartbeat-interval", "election-timeout",
@@ -236,6 +238,7 @@ FLAG_HELP: dict[str, str] = {
     "bcrypt-cost": "bcrypt cost for hashing user passwords, 4..31 (default 10)",
     "experimental-watch-progress-notify-interval": "period of progress notifications to watchers that "
                                                    "asked for them, as a Go duration (default 10m)",
+    "console": "serve the web console at /ui on every client port that serves HTTP (default true)",
 }
 IGNORED_HELP = "etcd flag for raft, peers, discovery or tuning: accepted and ignored"
 LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")  # zap's

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from ..api.health import HealthChecks, NodeFigures
 from ..config import Config, ConfigError
 from ..version import CLUSTER_VERSION, SERVER_VERSION
+from .console import Console
 from .gateway import Gateway
 from .httpd import Headers, HttpServer, Request, Response, StreamResponse, text_response
 from .metrics import CONTENT_TYPE, ServerMetrics, render
@@ -50,8 +51,9 @@ class EtcdHttp:
     """Routes one listener's requests: etcd's endpoints, and the gateway where it is served."""
 
     def __init__(self, checks: HealthChecks, metrics: ServerMetrics, figures: Callable[[], NodeFigures],
-                 gateway: Gateway | None, cors: bool) -> None:
+                 gateway: Gateway | None, cors: bool, console: Console | None = None) -> None:
         self._checks = checks
+        self._console = console  # the web console at /ui (client side, unless --console=false)
         self._metrics = metrics
         self._figures = figures
         self._gateway = gateway
@@ -88,6 +90,8 @@ class EtcdHttp:
                 return _redirect(request, path + "/")
             if self._gateway.handles(path):
                 return await self._gateway.handle(request)
+        if self._console is not None and self._console.handles(path):
+            return self._console.handle(request)
         route = self._routes.get(path)
         if route is None:
             return text_response(404, "404 page not found")
@@ -196,9 +200,10 @@ class HttpListeners:
     metrics handler, on their listeners; ``client`` also serves connections the client-port
     multiplexer hands over.  ``start()``, ``close()``, ``wait_closed()``."""
 
-    def __init__(self, checks: HealthChecks, metrics: ServerMetrics, gateway: Gateway) -> None:
+    def __init__(self, checks: HealthChecks, metrics: ServerMetrics, gateway: Gateway, console: bool = True) -> None:
         self._checks = checks
-        self.client = HttpServer(EtcdHttp(checks, metrics, checks.figures, gateway, cors=True).handle, "client-http")
+        client = EtcdHttp(checks, metrics, checks.figures, gateway, cors=True, console=Console() if console else None)
+        self.client = HttpServer(client.handle, "client-http")
         self.metrics = HttpServer(EtcdHttp(checks, metrics, checks.figures, None, cors=False).handle,
                                   "metrics-http")
         self.addresses: list[tuple[str, int]] = []  # (flag, port) of every listener, in order
