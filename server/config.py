@@ -53,6 +53,7 @@ class Config:
     bcrypt_cost: int = 10  # etcd's default; 4..31
     log_format: str = "json"
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
+    fault_injection: bool = False  # /debug/inject on the client HTTP side (core/faults.py)
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -141,6 +142,7 @@ _FLAGS: dict[str, tuple[str, type | str]] = {
     "log-outputs": ("", str),
     "log-format": ("log_format", str),
     "experimental-watch-progress-notify-interval": ("watch_progress_notify_interval", _DURATION),
+    "experimental-fault-injection": ("fault_injection", bool),
 }
 _IGNORED_FLAGS = [
     "wal-dir", "heartbeat-interval", "election-timeout",
@@ -241,6 +243,8 @@ FLAG_HELP: dict[str, str] = {
     "bcrypt-cost": "bcrypt cost for hashing user passwords, 4..31 (default 10)",
     "experimental-watch-progress-notify-interval": "period of progress notifications to watchers that "
                                                    "asked for them, as a Go duration (default 10m)",
+    "experimental-fault-injection": "serve /debug/inject on the client HTTP side: make requests fail with "
+                                    "etcd's errors, add latency, pause, cut watches, expire leases (tests only)",
 }
 IGNORED_HELP = "etcd flag for raft, peers, discovery or tuning: accepted and ignored"
 LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")  # zap's

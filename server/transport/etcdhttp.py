@@ -2,7 +2,8 @@
 
 * ``/health`` (etcd 3.5: alarms, leader, a read; ``?exclude=NOSPACE``, ``?serializable=true``),
   ``/livez`` and ``/readyz`` (etcd 3.6's check registries, also in etcd 3.5.13+), ``/version``,
-  ``/metrics``; ``/v3/...`` is the JSON gateway (``gateway.py``).
+  ``/metrics``; ``/v3/...`` is the JSON gateway (``gateway.py``); ``/debug/inject`` is fault
+  injection (``inject.py``), on the client side with ``--experimental-fault-injection`` only.
 * Where: ``--listen-client-http-urls`` (HTTP only, as etcd 3.5), ``--listen-metrics-urls``
   (``/metrics`` and the health endpoints), and the client port itself when the multiplexer in
   ``front.py`` hands a connection over.  Client-side responses carry etcd's default CORS headers.
@@ -24,6 +25,7 @@ from ..config import Config, ConfigError
 from ..version import CLUSTER_VERSION, SERVER_VERSION
 from .gateway import Gateway
 from .httpd import Headers, HttpServer, Request, Response, StreamResponse, text_response
+from .inject import InjectApi
 from .metrics import CONTENT_TYPE, ServerMetrics, render
 
 log = logging.getLogger("etcdlite.http")
@@ -50,8 +52,9 @@ class EtcdHttp:
     """Routes one listener's requests: etcd's endpoints, and the gateway where it is served."""
 
     def __init__(self, checks: HealthChecks, metrics: ServerMetrics, figures: Callable[[], NodeFigures],
-                 gateway: Gateway | None, cors: bool) -> None:
+                 gateway: Gateway | None, cors: bool, inject: InjectApi | None = None) -> None:
         self._checks = checks
+        self._inject = inject
         self._metrics = metrics
         self._figures = figures
         self._gateway = gateway
@@ -83,6 +86,8 @@ class EtcdHttp:
         clean = _clean_path(path)
         if clean != path:
             return _redirect(request, clean)
+        if self._inject is not None and self._inject.handles(path):
+            return await self._inject.handle(request)
         if self._gateway is not None:
             if path in ("/v3", "/v3beta"):
                 return _redirect(request, path + "/")
@@ -196,9 +201,11 @@ class HttpListeners:
     metrics handler, on their listeners; ``client`` also serves connections the client-port
     multiplexer hands over.  ``start()``, ``close()``, ``wait_closed()``."""
 
-    def __init__(self, checks: HealthChecks, metrics: ServerMetrics, gateway: Gateway) -> None:
+    def __init__(self, checks: HealthChecks, metrics: ServerMetrics, gateway: Gateway,
+                 inject: InjectApi | None = None) -> None:
         self._checks = checks
-        self.client = HttpServer(EtcdHttp(checks, metrics, checks.figures, gateway, cors=True).handle, "client-http")
+        self.client = HttpServer(EtcdHttp(checks, metrics, checks.figures, gateway, cors=True, inject=inject).handle,
+                                 "client-http")
         self.metrics = HttpServer(EtcdHttp(checks, metrics, checks.figures, None, cors=False).handle,
                                   "metrics-http")
         self.addresses: list[tuple[str, int]] = []  # (flag, port) of every listener, in order
