@@ -174,6 +174,8 @@ class EtcdServer:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+        if self.faults is not None and self.faults.active:
+            self.faults.clear()  # paused requests proceed rather than hold the shutdown
         # HTTP first: its gateway calls (watches included) end with their connections
         if self.http is not None:
             self.http.close()

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from typing import Any
 
 import grpc
@@ -22,6 +23,7 @@ import pytest
 
 from etcdlite import FaultInjectionError
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from harness import ETCDCTL, EtcdProcess, etcdctl
 
 pytestmark = pytest.mark.timeout(60)
@@ -377,6 +379,23 @@ def test_clearing_ends_a_pause(srv: EtcdProcess) -> None:
     t.join()
 
 
+def test_a_stopping_server_ends_its_pause(server_factory: Any) -> None:
+    server = server_factory("etcdlite", args=[FLAG])
+    server.inject("pause", duration=60)
+    results: list[Any] = []
+    channel = grpc.insecure_channel(server.address)  # its own: stop() closes the server's
+    kv = pb_grpc.KVStub(channel)
+    t = threading.Thread(target=lambda: results.append(rpc_error(kv.Put, pb.PutRequest(key=b"held", value=b"1"))))
+    t.start()
+    deadline = time.monotonic() + 10
+    while not injected_lines(server) and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the put is held
+    assert server.stop() == 0
+    t.join()
+    channel.close()
+    assert results == [None]  # served, not dropped, when SIGTERM came
+
+
 def test_pause_of_chosen_methods(srv: EtcdProcess) -> None:
     srv.inject("pause", duration=30, methods="KV/Put")
     assert get(srv) is None  # not paused
@@ -421,6 +440,18 @@ class Lines:
             return self._q.get(timeout=timeout)
         except queue.Empty:
             return "<nothing>"
+
+
+def test_cut_watches_ends_gateway_watches_too(srv: EtcdProcess) -> None:
+    conn = HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    conn.request("POST", "/v3/watch", body=json.dumps({"create_request": {"key": "aw=="}}))
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert json.loads(resp.readline())["result"]["created"] is True
+    assert srv.inject("cut-watches", error="leader-changed")["streams"] >= 1
+    assert json.loads(resp.read()) == {"error": {"grpc_code": 14, "http_code": 503, "http_status": "Service Unavailable",
+                                                 "message": "etcdserver: leader changed"}}
+    conn.close()
 
 
 @pytest.mark.skipif(ETCDCTL is None, reason="etcdctl is not installed")
