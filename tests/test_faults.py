@@ -370,13 +370,16 @@ def test_pause_holds_requests_then_serves_them(srv: EtcdProcess) -> None:
 
 def test_clearing_ends_a_pause(srv: EtcdProcess) -> None:
     srv.inject("pause", duration=30)
+    srv.inject("error", methods="KV/Range", error="timeout")
     done = threading.Event()
-    t = threading.Thread(target=lambda: (get(srv), done.set()))
+    results: list[Any] = []
+    t = threading.Thread(target=lambda: (results.append(get(srv)), done.set()))
     t.start()
     assert not done.wait(0.3)  # held
-    assert srv.clear_faults() == 1
+    assert srv.clear_faults() == 2
     assert done.wait(10)
     t.join()
+    assert results == [None]  # the error fault was cleared while the request waited: not injected
 
 
 def test_a_stopping_server_ends_its_pause(server_factory: Any) -> None:

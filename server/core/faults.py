@@ -268,7 +268,7 @@ class FaultInjector:
         error: Fault | None = None
         delay = 0.0
         for fault in list(self._faults.values()):
-            if not fault.matches(method):
+            if not fault.matches(method) or self._faults.get(fault.id) is not fault:  # cleared during a pause
                 continue
             if fault.kind == "pause":
                 if not fault.resumed.is_set():
