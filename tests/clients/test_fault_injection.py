@@ -3,6 +3,9 @@
 
 Each test is a small piece of application code (a retry loop, a watch that resumes, a
 registration that survives its lease expiring) and the fault that code must survive.
+
+``etcd3`` is imported inside the functions, as in this directory's other modules: imported while
+pytest collects, its descriptors would clash with aetcd's in test_aetcd_client.py.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 
-import etcd3
 import grpc
 import pytest
 
@@ -22,6 +24,8 @@ pytestmark = pytest.mark.timeout(60)
 # -- the application's code ------------------------------------------------------------------------
 def put_with_retry(client, key, value, attempts=5):
     """Retry a write that etcd refused as UNAVAILABLE (leader changed, no leader, timed out)."""
+    import etcd3
+
     for attempt in range(attempts):
         try:
             return client.put(key, value)
@@ -32,6 +36,8 @@ def put_with_retry(client, key, value, attempts=5):
 
 def follow(client, prefix, start_revision, seen, want, resumed):
     """Watch a prefix from a revision; when the stream breaks, watch again from the next revision."""
+    import etcd3
+
     next_revision = start_revision
     while len(seen) < want:
         events, cancel = client.watch_prefix(prefix, start_revision=next_revision)
@@ -67,6 +73,8 @@ class Registration:
 
 # -- the tests -------------------------------------------------------------------------------------
 def test_a_put_retried_through_leader_changes(etcd_faults):
+    import etcd3
+
     client = etcd_faults.client(timeout=10)
     etcd_faults.inject("error", methods="KV/Put", error="leader-changed", count=2)
     put_with_retry(client, "/app/config", "v1")
@@ -91,6 +99,8 @@ def test_nospace_is_not_retried(etcd_faults):
         grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
 
 
+# etcd3's watch thread re-opens its stream forever: closing the client ends it, with that exception
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_watch_resumes_after_its_stream_is_cut(etcd_faults):
     client = etcd_faults.client(timeout=10)
     start = client.put("/jobs/1", "a").header.revision
@@ -104,6 +114,7 @@ def test_a_watch_resumes_after_its_stream_is_cut(etcd_faults):
     client.put("/jobs/2", "b")
     client.put("/jobs/3", "c")
     follower.join(10)
+    client.close()
     assert seen == [(b"/jobs/1", b"a"), (b"/jobs/2", b"b"), (b"/jobs/3", b"c")]  # each once, in order
     assert resumed == [start + 1]
 
@@ -122,6 +133,8 @@ def test_a_registration_survives_its_lease_expiring(etcd_faults):
 
 
 def test_a_slow_etcd_times_the_client_out(etcd_faults):
+    import etcd3
+
     client = etcd_faults.client(timeout=0.3)
     etcd_faults.inject("latency", methods="KV/Range", delay=1, count=1)
     with pytest.raises(etcd3.exceptions.ConnectionTimeoutError):
@@ -139,6 +152,8 @@ def test_requests_wait_out_a_pause(etcd_faults):
 
 
 def test_server_inject_in_the_applications_process(tmp_path):
+    import etcd3
+
     with etcdlite.Server(data_dir=tmp_path / "data", fault_injection=True) as server:
         client = etcd3.client(host=server.host, port=server.port, timeout=10)
         fault = server.inject("error", methods="KV/Range", error="timeout", fraction=1.0, duration=30)
