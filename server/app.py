@@ -24,6 +24,7 @@ from .api.watch import WatchService
 from .config import Config, ConfigError
 from .core.auth.admin import AuthAdmin
 from .core.cluster import Cluster
+from .core.faults import FaultInjector
 from .core.maintenance import Maintenance
 from .core.server import Core
 from .pb.etcdserverpb import rpc_pb2
@@ -38,6 +39,7 @@ from .transport.engine import GrpcEngine
 from .transport.etcdhttp import HttpListeners, os_error_text
 from .transport.front import ClientPortMux, internal_grpc_address
 from .transport.gateway import Gateway
+from .transport.inject import InjectApi
 from .transport.metrics import ServerMetrics
 from .transport.rpc import generic_handler
 from .transport.splice import RelayError
@@ -86,6 +88,8 @@ class EtcdServer:
         self.grpc_methods: dict[str, grpc.RpcMethodHandler] = {}  # "/etcdserverpb.KV/Range" -> handler
         self.http: HttpListeners | None = None  # the JSON gateway, /health, /metrics ... (issue 8)
         self._mux: ClientPortMux | None = None  # --client-http-mux: HTTP/1.1 beside gRPC on the client port
+        # --experimental-fault-injection: the faults the guards inject, set over /debug/inject
+        self.faults = FaultInjector(self.core) if config.fault_injection else None
 
     def _services(self) -> None:
         """Every etcd method's handler, in ``grpc_methods`` under its path."""
@@ -101,13 +105,15 @@ class EtcdServer:
         }
         for name, service in rpc_pb2.DESCRIPTOR.services_by_name.items():
             generic_handler(service, impls.get(name), self.metrics.grpc, self.grpc_methods,
-                            max_receive_bytes=self.config.grpc_max_receive_bytes)
+                            max_receive_bytes=self.config.grpc_max_receive_bytes, faults=self.faults)
         recipes = {"Lock": LockService(core, who), "Election": ElectionService(core, who)}
         for module in (v3lock_pb2, v3election_pb2):
             for name, service in module.DESCRIPTOR.services_by_name.items():
                 generic_handler(service, recipes.get(name), self.metrics.grpc, self.grpc_methods,
-                                max_receive_bytes=self.config.grpc_max_receive_bytes)
+                                max_receive_bytes=self.config.grpc_max_receive_bytes, faults=self.faults)
         self.metrics.wire_kv_observers()
+        if self.faults is not None:  # "/etcdserverpb.KV/Range" -> "KV/Range"
+            self.faults.set_methods(path.rpartition(".")[2] for path in self.grpc_methods)
 
     async def start(self) -> None:
         cfg = self.config
@@ -128,8 +134,9 @@ class EtcdServer:
         )
         credentials = _server_credentials(cfg)
         checks = HealthChecks(self.core, self.metrics.health)
+        inject = InjectApi(self.faults) if self.faults is not None else None
         self.http = HttpListeners(checks, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes),
-                                  console=cfg.console)
+                                  console=cfg.console, inject=inject)
         muxed = self._muxed_addresses()
         if muxed:
             internal, name = internal_grpc_address()
@@ -157,6 +164,8 @@ class EtcdServer:
                 raise ConfigError(f"listen tcp {address}: bind: address already in use")
             self.ports.append(port)
         await self.http.start(cfg)
+        if self.faults is not None:
+            log.warning("fault injection is on (--experimental-fault-injection): /debug/inject on the client HTTP side")
         await self.core.start()
         self._grpc.start()
         log.info("ready to serve client requests", extra={"fields": {"address": ",".join(cfg.listen_client_urls)}})
@@ -178,6 +187,8 @@ class EtcdServer:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+        if self.faults is not None and self.faults.active:
+            self.faults.clear()  # paused requests proceed rather than hold the shutdown
         # HTTP first: its gateway calls (watches included) end with their connections
         if self.http is not None:
             self.http.close()

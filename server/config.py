@@ -54,6 +54,7 @@ class Config:
     log_format: str = "json"
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
     console: bool = True  # the web console at /ui on the client HTTP ports
+    fault_injection: bool = False  # /debug/inject on the client HTTP side (core/faults.py)
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -138,6 +139,7 @@ _FLAGS: dict[str, tuple[str, type | str]] = {
     "log-format": ("log_format", str),
     "experimental-watch-progress-notify-interval": ("watch_progress_notify_interval", _DURATION),
     "console": ("console", bool),
+    "experimental-fault-injection": ("fault_injection", bool),
 }
 _IGNORED_FLAGS = [
     "wal-dir", "heartbeat-interval", "election-timeout",
@@ -239,6 +241,8 @@ FLAG_HELP: dict[str, str] = {
     "experimental-watch-progress-notify-interval": "period of progress notifications to watchers that "
                                                    "asked for them, as a Go duration (default 10m)",
     "console": "serve the web console at /ui on every client port that serves HTTP (default true)",
+    "experimental-fault-injection": "serve /debug/inject on the client HTTP side: make requests fail with "
+                                    "etcd's errors, add latency, pause, cut watches, expire leases (tests only)",
 }
 IGNORED_HELP = "etcd flag for raft, peers, discovery or tuning: accepted and ignored"
 LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")  # zap's

@@ -314,5 +314,7 @@ class WatchService:
         for result in results:
             if isinstance(result, Exception):
                 log.warning("watch stream ended by an error: %r", result)
+        if stream.ended_by is not None:  # cut (fault injection)
+            raise stream.ended_by
         if self._hub.closed:
             raise errors.STOPPED

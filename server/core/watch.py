@@ -27,6 +27,7 @@ import logging
 from collections import deque
 from itertools import islice
 
+from ..errors import EtcdError
 from ..lifecycle import OwnedTask
 from ..storage.backend import Backend, KeyValue
 from .watchers import (
@@ -90,6 +91,7 @@ class WatchStream:
         self._next_id = 0
         self.victims = 0  # this stream's watchers waiting as victims
         self.closed = False
+        self.ended_by: EtcdError | None = None  # the error the stream's RPC ends with (a cut stream)
 
     # -- the owner's side ---------------------------------------------------------------
     def rev(self) -> int:
@@ -192,11 +194,13 @@ class WatchStream:
         """Back-pressure on requests: wait while CTRL_BUF_LEN control responses are unsent."""
         await self._control_room.wait()
 
-    def close(self) -> None:
-        """Cancel every watcher and wake the consumer; idempotent."""
+    def close(self, ended_by: EtcdError | None = None) -> None:
+        """Cancel every watcher and wake the consumer; idempotent.  ``ended_by``: the error the
+        stream's RPC is to end with."""
         if self.closed:
             return
         self.closed = True
+        self.ended_by = ended_by
         for w in self._watchers.values():
             self._hub.cancel(w)
         self._watchers.clear()
@@ -273,6 +277,13 @@ class WatchHub:
 
     async def wait_closed(self) -> None:
         await self._task.wait()
+
+    def cut(self, error: EtcdError) -> int:
+        """End every open stream with ``error``, as a member that lost its leader does; returns how many."""
+        streams = list(self._streams)
+        for stream in streams:
+            stream.close(error)
+        return len(streams)
 
     def new_stream(self, capacity: int = CHAN_BUF_LEN) -> WatchStream:
         stream = WatchStream(self, capacity)
