@@ -57,7 +57,7 @@ import grpc
 
 from . import errors
 from .config import Config, ConfigError, parse_go_duration
-from .fsutil import fsync_dir
+from .fsutil import fsync_dir, make_private_dir, open_private
 from .pb.authpb import auth_pb2
 from .pb.etcdserverpb import rpc_pb2 as pb
 
@@ -629,9 +629,9 @@ class AuthStore:
         if self._path is None:
             return
         path = self._path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
             os.write(fd, self._encode())
             if self._fsync:

@@ -13,6 +13,7 @@ from .alarm import CORRUPT, NOSPACE, AlarmStore
 from .auth import AuthStore
 from .compactor import Compactor, new_compactor
 from .config import DEFAULT_QUOTA_BACKEND_BYTES, Config
+from .datadir import secure_data_dir
 from .kv import KVApplier
 from .lease import Lessor
 from .membership import Member, Membership
@@ -30,6 +31,7 @@ RAFT_TERM = 2
 class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
+        secure_data_dir(Path(config.data_dir))  # before anything in it (auth.json, members.json) is read
         self.member_id = config.member_id
         self.cluster_id = config.cluster_id
         self.raft_term = RAFT_TERM

@@ -53,7 +53,7 @@ from pathlib import Path
 import grpc
 
 from . import errors
-from .fsutil import fsync_dir
+from .fsutil import fsync_dir, make_private_dir, open_private
 from .lease import Lessor
 from .mvcc import Entry, KeyValue, MVCCStore
 
@@ -415,7 +415,7 @@ def write_snapshot_file(snap_dir: Path, index: int, data: bytes, sync: bool,
     """Atomically: write a temporary file, fsync it, rename it into place, fsync the directory."""
     final = snap_dir / f"{index:016x}{SNAP_SUFFIX}"
     tmp = snap_dir / f"{final.name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
         _write_all(fd, data, faults)
         if sync:
@@ -443,7 +443,7 @@ class Segment:
     @classmethod
     def create(cls, wal_dir: Path, first_index: int, sync: bool, faults: DiskFaults | None = None) -> Segment:
         path = wal_dir / f"{first_index:016x}{WAL_SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        fd = open_private(path, os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
         try:
             header = _segment_header(first_index)
             _write_all(fd, header, faults)
@@ -555,8 +555,8 @@ def _replay_segment(path: Path, first: int, expected: int, last: bool, store: MV
 def recover(member_dir: Path, store: MVCCStore, lessor: Lessor, sync: bool = True) -> Recovery:
     """Load the newest snapshot, replay the log after it, rebuild lease attachments, tidy old files."""
     snap_dir, wal_dir = member_dir / SNAP_DIR, member_dir / WAL_DIR
-    snap_dir.mkdir(parents=True, exist_ok=True)
-    wal_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(snap_dir)
+    make_private_dir(wal_dir)
     store.begin_bulk_load()  # new keys join the sorted key index in one go, at the end
     index, snap_path, snap_size = _load_snapshot(snap_dir, store, lessor)
     segments = _listing(wal_dir, WAL_SUFFIX)
@@ -597,7 +597,7 @@ def check_data_dir(member_dir: Path) -> None:
 
 def lock_data_dir(member_dir: Path) -> int:
     path = member_dir / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -658,7 +658,7 @@ class WAL:
     # -- start-up ---------------------------------------------------------------------------
     def open(self) -> Recovery:
         check_data_dir(self.member_dir)
-        self.member_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.member_dir)
         self._lock_fd = lock_data_dir(self.member_dir)
         # recovery only builds acyclic data (versions, lists, bytes): the cycle collector would scan
         # the growing heap again and again for nothing (half the start-up time with 1M keys)
@@ -895,8 +895,8 @@ def restore_snapshot_file(snapshot_file: str | os.PathLike[str], data_dir: str |
     except ValueError as exc:
         raise StorageError(f"{snapshot_file} is not an etcdlite snapshot ({exc})") from None
     member = target / MEMBER_DIR
-    (member / SNAP_DIR).mkdir(parents=True, exist_ok=True)
-    (member / WAL_DIR).mkdir(parents=True, exist_ok=True)
+    make_private_dir(member / SNAP_DIR)
+    make_private_dir(member / WAL_DIR)
     write_snapshot_file(member / SNAP_DIR, state.index, body, sync=True)
     Segment.create(member / WAL_DIR, state.index + 1, sync=True).close()
     fsync_dir(member)
