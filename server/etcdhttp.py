@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from . import errors
-from .alarm import CORRUPT, NOSPACE
+from .alarm import CORRUPT, NOSPACE, alarm_name
 from .config import Config, ConfigError
 from .gateway import Gateway
 from .httpd import Headers, HttpServer, Request, Response, StreamResponse, text_response
@@ -72,7 +72,7 @@ class HealthChecks:
 
     def alarms(self, excluded: set[str]) -> Health:
         for member in self._node.alarms.get():
-            name = pb.AlarmType.Name(member.alarm)
+            name = alarm_name(member.alarm)
             if name in excluded:
                 continue
             reason = {NOSPACE: "ALARM NOSPACE", CORRUPT: "ALARM CORRUPT"}.get(member.alarm, "ALARM UNKNOWN")
