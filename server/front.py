@@ -38,14 +38,26 @@ class _Front(asyncio.Protocol):
         self.mux = mux
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._head = b""
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        # a client that never tells what it is would hold its descriptor forever (etcd's cmux does)
+        self._idle = asyncio.get_running_loop().call_later(self.mux.http.timeouts.idle, self.transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_idle_timer()
+
+    def _stop_idle_timer(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
 
     def data_received(self, data: bytes) -> None:
         self._head += data
         if len(self._head) < len(H2_PREFACE_START) and H2_PREFACE_START.startswith(self._head):
             return  # too few bytes to tell yet
+        self._stop_idle_timer()
         if self._head.startswith(H2_PREFACE_START):
             self._to_grpc()
         else:

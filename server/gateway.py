@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 
 from . import gojson
 from .api import BadRequest
-from .httpd import Body, BodyTooLarge, Headers, Request, Response, StreamResponse, text_response
+from .httpd import Body, BodyError, BodyTooLarge, Headers, Request, Response, StreamResponse, text_response
 from .pb.etcdserverpb import rpc_pb2
 from .pb.v3electionpb import v3election_pb2
 from .pb.v3lockpb import v3lock_pb2
@@ -346,6 +346,8 @@ class Gateway:
             return error_response(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except BodyTooLarge:
             return self._too_large(self._max_body)
+        except BodyError as exc:  # grpc-gateway: the body's read error as InvalidArgument
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, exc.text)
         request_or_refusal = self._within_limit(message)
         context = GatewayContext(forwarded_metadata(request), request.peer,
                                  asyncio.Queue(maxsize=16) if route.server_streaming else None)
@@ -396,7 +398,7 @@ class Gateway:
         while True:
             try:
                 message = await reader.next(route.request_cls)
-            except (gojson.GoJSONError, BodyTooLarge, ConnectionError) as exc:
+            except (gojson.GoJSONError, BodyTooLarge, BodyError, ConnectionError) as exc:
                 log.debug("gateway: request stream ended: %s", exc)
                 return
             if message is None:
