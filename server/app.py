@@ -29,6 +29,8 @@ from .pb.v3lockpb import v3lock_pb2
 
 log = logging.getLogger("etcdlite")
 
+GRPC_GO_MAX_HEADER_LIST_SIZE = 16 << 20  # grpc-go's defaultServerMaxHeaderListSize
+
 
 def _read(path: str, what: str) -> bytes:
     try:
@@ -78,7 +80,8 @@ class EtcdServer:
         }
         for name, service in rpc_pb2.DESCRIPTOR.services_by_name.items():
             generic_handler(service, impls.get(name), self.metrics.grpc, self.grpc_methods,
-                            max_receive_bytes=self.config.grpc_max_receive_bytes)
+                            max_receive_bytes=self.config.grpc_max_receive_bytes,
+                            max_txn_ops=self.config.max_txn_ops)
         recipes = {"Lock": LockService(node), "Election": ElectionService(node)}
         for module in (v3lock_pb2, v3election_pb2):
             for name, service in module.DESCRIPTOR.services_by_name.items():
@@ -99,6 +102,9 @@ class EtcdServer:
                 ("grpc.max_receive_message_length", cfg.grpc_hard_receive_bytes),
                 ("grpc.max_send_message_length", 2**31 - 1),
                 ("grpc.max_concurrent_streams", 2**31 - 1),
+                # grpc-go's (so etcd's) limit on a request's metadata, 16 MiB, not core's 8/16 KiB
+                ("grpc.max_metadata_size", GRPC_GO_MAX_HEADER_LIST_SIZE),
+                ("grpc.absolute_max_metadata_size", GRPC_GO_MAX_HEADER_LIST_SIZE),
             ],
         )
         credentials = _server_credentials(cfg)

@@ -21,6 +21,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from .. import errors
 from ..metrics import GrpcMetrics, MethodStats, grpc_type
+from ..wirescan import redecode
 
 log = logging.getLogger("etcdlite.api")
 
@@ -46,11 +47,13 @@ class BadRequest:
         self.message = message
 
 
-def _deserializer(req_cls: Any, max_bytes: int) -> Callable[[bytes], Any]:
+def _deserializer(req_cls: Any, max_bytes: int, max_txn_ops: int) -> Callable[[bytes], Any]:
     """Parse a request, refusing what grpc-go refuses with grpc-go's words.
 
     gRPC core's own limit is set far higher, so a request between
     ``--max-request-bytes`` + 512 KiB and that gets etcd's message, not core's.
+    What upb refuses and grpc-go would take (deep Txns, non-UTF-8 strings) is sorted out by
+    ``wirescan.redecode``.
     """
     parse = req_cls.FromString
 
@@ -61,7 +64,8 @@ def _deserializer(req_cls: Any, max_bytes: int) -> Callable[[bytes], Any]:
         try:
             return parse(data)
         except DecodeError as exc:
-            return BadRequest(grpc.StatusCode.INTERNAL, f"grpc: error unmarshalling request: {exc}")
+            outcome = redecode(req_cls, data, exc, max_txn_ops)
+            return BadRequest(*outcome) if isinstance(outcome, tuple) else outcome
 
     return deserialize
 
@@ -142,7 +146,7 @@ def _unimplemented(full_name: str, stats: MethodStats) -> Callable[..., Any]:
 
 def generic_handler(service: ServiceDescriptor, impl: object | None, metrics: GrpcMetrics | None = None,
                     registry: dict[str, grpc.RpcMethodHandler] | None = None,
-                    max_receive_bytes: int = 4 * 1024 * 1024) -> grpc.GenericRpcHandler:
+                    max_receive_bytes: int = 4 * 1024 * 1024, max_txn_ops: int = 128) -> grpc.GenericRpcHandler:
     """The service's handlers, counted in ``metrics``; each is also put in ``registry`` under
     its path ("/etcdserverpb.KV/Range"), where the HTTP gateway finds the very same handler."""
     metrics = metrics if metrics is not None else GrpcMetrics()
@@ -162,7 +166,7 @@ def generic_handler(service: ServiceDescriptor, impl: object | None, metrics: Gr
             fn = _guard_unary(fn, full, stats)
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"{full} handler must be async")
-        kwargs = dict(request_deserializer=_deserializer(req_cls, max_receive_bytes),
+        kwargs = dict(request_deserializer=_deserializer(req_cls, max_receive_bytes, max_txn_ops),
                       response_serializer=resp_cls.SerializeToString)
         if cs and ss:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(fn, **kwargs)
