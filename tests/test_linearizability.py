@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import grpc
-import pytest
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as pb_grpc
