@@ -60,10 +60,12 @@ test-server: $(STAMP) browser
 test-clients: $(STAMP)
 	PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python $(BIN)/pytest -q tests/clients
 
-# The crash loop of tests/test_crash.py (5 rounds in `make test`) with more rounds: CRASH_ROUNDS=200
+# The kill -9 loops of tests/test_crash.py (acknowledged writes kept) and tests/test_linearizability.py
+# (histories checked for linearizability), 5 rounds each in `make test`, with more rounds: CRASH_ROUNDS=200
 CRASH_ROUNDS ?= 50
 crash-test: $(STAMP)
-	ETCDLITE_CRASH_ROUNDS=$(CRASH_ROUNDS) $(BIN)/pytest -q --timeout=0 tests/test_crash.py
+	ETCDLITE_CRASH_ROUNDS=$(CRASH_ROUNDS) $(BIN)/pytest -q --timeout=0 tests/test_crash.py \
+		tests/test_linearizability.py::test_linearizable_across_kill_9
 
 clean:
 	rm -rf $(VENV) build *.egg-info

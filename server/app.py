@@ -46,6 +46,8 @@ from .transport.splice import RelayError
 
 log = logging.getLogger("etcdlite")
 
+GRPC_GO_MAX_HEADER_LIST_SIZE = 16 << 20  # grpc-go's defaultServerMaxHeaderListSize
+
 
 def _read(path: str, what: str) -> bytes:
     try:
@@ -105,7 +107,8 @@ class EtcdServer:
         }
         for name, service in rpc_pb2.DESCRIPTOR.services_by_name.items():
             generic_handler(service, impls.get(name), self.metrics.grpc, self.grpc_methods,
-                            max_receive_bytes=self.config.grpc_max_receive_bytes, faults=self.faults)
+                            max_receive_bytes=self.config.grpc_max_receive_bytes, faults=self.faults,
+                            max_txn_ops=self.config.max_txn_ops)
         recipes = {"Lock": LockService(core, who), "Election": ElectionService(core, who)}
         for module in (v3lock_pb2, v3election_pb2):
             for name, service in module.DESCRIPTOR.services_by_name.items():
@@ -130,6 +133,9 @@ class EtcdServer:
                 ("grpc.http.tarpit", 0),  # grpc-go answers a refused call at once, not 0.1-1 s later
                 ("grpc.max_send_message_length", 2**31 - 1),
                 ("grpc.max_concurrent_streams", 2**31 - 1),
+                # grpc-go's (so etcd's) limit on a request's metadata, 16 MiB, not core's 8/16 KiB
+                ("grpc.max_metadata_size", GRPC_GO_MAX_HEADER_LIST_SIZE),
+                ("grpc.absolute_max_metadata_size", GRPC_GO_MAX_HEADER_LIST_SIZE),
             ],
         )
         credentials = _server_credentials(cfg)

@@ -48,13 +48,15 @@ class Maintenance:
         resp = pb.AlarmResponse()
         if request.action == pb.AlarmRequest.GET:
             resp.alarms.extend(alarms.get(request.alarm))
-        else:
+        elif request.action in (pb.AlarmRequest.ACTIVATE, pb.AlarmRequest.DEACTIVATE):
             if request.action == pb.AlarmRequest.ACTIVATE:
-                changed = alarms.activate(request.memberID, request.alarm)
+                changed = alarms.activate(request.memberID, request.alarm)  # an unknown type: INVALID_ARGUMENT
             else:
                 changed = alarms.deactivate(request.memberID, request.alarm)
             if changed is not None:
                 resp.alarms.append(changed)
+        else:  # etcd 3.5.1 dies of a nil response here
+            raise errors.EtcdError(errors.Code.INVALID_ARGUMENT, f"etcdserver: unknown alarm action {request.action}")
         core.fill_header(resp.header)
         return resp
 

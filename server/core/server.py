@@ -22,6 +22,7 @@ from .. import errors
 from ..config import DEFAULT_QUOTA_BACKEND_BYTES, Config
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..storage.backend import Backend, KeyValue, Recovered, WriteTxn
+from ..storage.datadir import secure_data_dir
 from . import kv
 from .alarm import CORRUPT, NOSPACE, AlarmStore
 from .auth.model import Credentials
@@ -47,6 +48,7 @@ class Core:
 
     def __init__(self, config: Config, backend: Backend) -> None:
         self.config = config
+        secure_data_dir(Path(config.data_dir))  # before anything in it (auth.json, members.json) is read
         self.member_id = config.member_id
         self.cluster_id = config.cluster_id
         self.raft_term = RAFT_TERM

@@ -94,6 +94,8 @@ class ClientPortMux:
         self.limit = connection_limit()
         self._listeners: list[socket.socket] = []
         self._undecided: dict[int, tuple[socket.socket, bytes]] = {}  # by fd: first bytes not yet telling
+        # a client that never tells what it is would hold its descriptor forever (etcd's cmux does)
+        self._idle: dict[int, asyncio.TimerHandle] = {}
         self._here = 0  # connections with a descriptor here: undecided and HTTP ones
         self._tasks: set[asyncio.Task[None]] = set()
         self._spare: int | None = None
@@ -199,7 +201,18 @@ class ClientPortMux:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._here += 1
         self._undecided[conn.fileno()] = (conn, b"")
+        self._idle[conn.fileno()] = self._loop.call_later(self.http.timeouts.idle, self._silent, conn)
         self._loop.add_reader(conn.fileno(), self._first_bytes, conn)
+
+    def _silent(self, conn: socket.socket) -> None:
+        """A connection that said nothing for the idle timeout: closed."""
+        assert self._loop is not None
+        fd = conn.fileno()
+        self._idle.pop(fd, None)
+        if self._undecided.pop(fd, None) is not None:
+            self._loop.remove_reader(fd)
+            conn.close()
+            self._release()
 
     # -- telling gRPC from HTTP/1.1 ---------------------------------------------------------
     def _first_bytes(self, conn: socket.socket) -> None:
@@ -217,6 +230,9 @@ class ClientPortMux:
             return
         self._loop.remove_reader(fd)
         del self._undecided[fd]
+        timer = self._idle.pop(fd, None)
+        if timer is not None:
+            timer.cancel()
         if not data:
             conn.close()  # gone before it said anything
             self._release()
@@ -251,6 +267,9 @@ class ClientPortMux:
             conn.close()
             self._release()
         self._undecided.clear()
+        for timer in self._idle.values():
+            timer.cancel()
+        self._idle.clear()
         for task in self._tasks:
             task.cancel()
         if self._spare is not None:

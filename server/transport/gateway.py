@@ -26,7 +26,8 @@ from ..pb.etcdserverpb import rpc_pb2
 from ..pb.v3electionpb import v3election_pb2
 from ..pb.v3lockpb import v3lock_pb2
 from . import gojson, jsonpb
-from .httpd import Body, BodyTooLarge, Headers, Request, Response, StreamResponse, text_response
+from .httpconn import Body, BodyError, BodyTooLarge
+from .httpd import Headers, Request, Response, StreamResponse, text_response
 from .rpc import BadRequest
 
 log = logging.getLogger("etcdlite.gateway")
@@ -300,6 +301,8 @@ class Gateway:
             return error_response(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except BodyTooLarge:
             return self._too_large(self._max_body)
+        except BodyError as exc:  # grpc-gateway: the body's read error as InvalidArgument
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, exc.text)
         request_or_refusal = self._within_limit(message)
         context = GatewayContext(forwarded_metadata(request), request.peer,
                                  asyncio.Queue(maxsize=16) if route.server_streaming else None)
@@ -350,7 +353,7 @@ class Gateway:
         while True:
             try:
                 message = await reader.next(route.request_cls)
-            except (gojson.GoJSONError, BodyTooLarge, ConnectionError) as exc:
+            except (gojson.GoJSONError, BodyTooLarge, BodyError, ConnectionError) as exc:
                 log.debug("gateway: request stream ended: %s", exc)
                 return
             if message is None:

@@ -24,7 +24,8 @@ from typing import Any
 
 from .. import errors
 from ..core.faults import FaultInjector, FaultSpecError
-from .httpd import BodyTooLarge, Request, Response
+from .httpconn import BodyTooLarge
+from .httpd import Request, Response
 
 PREFIX = "/debug/inject"
 MAX_BODY_BYTES = 64 * 1024

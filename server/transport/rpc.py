@@ -27,6 +27,7 @@ from ..api.context import CallContext
 from ..api.status import grpc_status
 from ..errors import Code, EtcdError
 from .metrics import GrpcMetrics, MethodStats, grpc_type
+from .wirescan import redecode
 
 log = logging.getLogger("etcdlite.api")
 
@@ -78,11 +79,13 @@ class BadRequest:
         self.message = message
 
 
-def _deserializer(req_cls: Any, max_bytes: int) -> Callable[[bytes], Any]:
+def _deserializer(req_cls: Any, max_bytes: int, max_txn_ops: int) -> Callable[[bytes], Any]:
     """Parse a request, refusing what grpc-go refuses with grpc-go's words.
 
     gRPC core refuses a message above ``max_bytes`` first, at its length prefix (app.py); the
     size check here only guards a handler called with a bigger one some other way.
+    What upb refuses and grpc-go would take (deep Txns, non-UTF-8 strings) is sorted out by
+    ``wirescan.redecode``.
     """
     parse = req_cls.FromString
 
@@ -93,7 +96,8 @@ def _deserializer(req_cls: Any, max_bytes: int) -> Callable[[bytes], Any]:
         try:
             return parse(data)
         except DecodeError as exc:
-            return BadRequest(grpc.StatusCode.INTERNAL, f"grpc: error unmarshalling request: {exc}")
+            outcome = redecode(req_cls, data, exc, max_txn_ops)
+            return BadRequest(*outcome) if isinstance(outcome, tuple) else outcome
 
     return deserialize
 
@@ -208,8 +212,8 @@ def _unimplemented(full_name: str, stats: MethodStats) -> Callable[..., Any]:
 
 def generic_handler(service: ServiceDescriptor, impl: object | None, metrics: GrpcMetrics | None = None,
                     registry: dict[str, grpc.RpcMethodHandler] | None = None,
-                    max_receive_bytes: int = 4 * 1024 * 1024, faults: Faults | None = None
-                    ) -> grpc.GenericRpcHandler:
+                    max_receive_bytes: int = 4 * 1024 * 1024, faults: Faults | None = None,
+                    max_txn_ops: int = 128) -> grpc.GenericRpcHandler:
     """The service's handlers, counted in ``metrics``; each is also put in ``registry`` under
     its path ("/etcdserverpb.KV/Range"), where the HTTP gateway finds the very same handler.
     ``faults``: the injector whose faults hit them, named "Service/Method" ("KV/Range")."""
@@ -232,7 +236,7 @@ def generic_handler(service: ServiceDescriptor, impl: object | None, metrics: Gr
             fn = _guard_unary(fn, full, stats, faults, short)
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"{full} handler must be async")
-        kwargs = dict(request_deserializer=_deserializer(req_cls, max_receive_bytes),
+        kwargs = dict(request_deserializer=_deserializer(req_cls, max_receive_bytes, max_txn_ops),
                       response_serializer=resp_cls.SerializeToString)
         if cs and ss:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(fn, **kwargs)

@@ -48,7 +48,7 @@ from pathlib import Path
 from ... import errors
 from ...config import Config, ConfigError
 from ...pb.authpb import auth_pb2
-from ...storage.fsutil import fsync_dir
+from ...storage.fsutil import fsync_dir, make_private_dir, open_private
 from .model import (
     AUTH_OLD_REVISION,
     DEFAULT_BCRYPT_COST,
@@ -148,9 +148,9 @@ class AuthStore(RequestChecks):
         if self._path is None:
             return
         path = self._path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
             os.write(fd, self._encode())
             if self._fsync:

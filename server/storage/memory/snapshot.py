@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..backend import Entry, KeyValue
-from ..fsutil import fsync_dir
+from ..fsutil import fsync_dir, make_private_dir
 from .files import MEMBER_DIR, SNAP_DIR, WAL_DIR, Segment, StorageError, write_snapshot_file
 from .mvcc import MVCCStore
 from .records import KV, LEASE, unpack_kvs
@@ -167,8 +167,8 @@ def restore_snapshot_file(snapshot_file: str | os.PathLike[str], data_dir: str |
     except ValueError as exc:
         raise StorageError(f"{snapshot_file} is not an etcdlite snapshot ({exc})") from None
     member = target / MEMBER_DIR
-    (member / SNAP_DIR).mkdir(parents=True, exist_ok=True)
-    (member / WAL_DIR).mkdir(parents=True, exist_ok=True)
+    make_private_dir(member / SNAP_DIR)
+    make_private_dir(member / WAL_DIR)
     write_snapshot_file(member / SNAP_DIR, state.index, body, sync=True)
     Segment.create(member / WAL_DIR, state.index + 1, sync=True).close()
     fsync_dir(member)

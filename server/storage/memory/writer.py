@@ -27,6 +27,7 @@ from pathlib import Path
 from ... import errors
 from ...lifecycle import OwnedTask
 from ..backend import Entry
+from ..fsutil import make_private_dir
 from .files import (
     MEMBER_DIR,
     SNAP_DIR,
@@ -104,7 +105,7 @@ class WAL:
     # -- start-up ---------------------------------------------------------------------------
     def open(self) -> Recovery:
         check_data_dir(self.member_dir)
-        self.member_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.member_dir)
         self._lock_fd = lock_data_dir(self.member_dir)
         # recovery only builds acyclic data (versions, lists, bytes): the cycle collector would scan
         # the growing heap again and again for nothing (half the start-up time with 1M keys)
