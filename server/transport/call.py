@@ -49,6 +49,7 @@ class ServerCall(grpc.aio.ServicerContext):
     _send_waiter: asyncio.Future[None] | None = None  # writes waiting for that send to end
     _status_after_send: tuple[grpc.StatusCode, str] | None = None
     _done_callbacks: tuple[Callable[[Any], None], ...] = ()
+    _per_message: Any = None  # the handler of a one-response-per-request stream (rpc.PerMessage)
 
     def __init__(self, engine: GrpcEngine, event: Any, handler: grpc.RpcMethodHandler | None) -> None:
         self._engine = engine
@@ -244,6 +245,12 @@ class ServerCall(grpc.aio.ServicerContext):
             return
         if handler.request_streaming:
             self._watch_close()
+            per_message = getattr(handler, "per_message", None)
+            if per_message is not None:
+                self._per_message = per_message
+                per_message.begin()
+                self._start((cygrpc.ReceiveMessageOperation(NO_FLAGS),), self._on_each)
+                return
             if handler.response_streaming:
                 coro = handler.stream_stream(self.requests(), self)
             else:
@@ -270,6 +277,71 @@ class ServerCall(grpc.aio.ServicerContext):
             return
         self._coro = handler.unary_unary(request, self)
         self._step()
+
+    # -- a stream whose every request gets one response (LeaseKeepAlive) ----------------------
+    def _on_each(self, event: Any) -> None:
+        """The next request of a one-response-per-request stream arrived (and the response before it
+        went out: both travel in one batch, so each message is one round trip into core)."""
+        if event is None or not event.success:
+            self._end_each(asyncio.CancelledError())
+            return
+        data = event.batch_operations[-1].message()
+        if data is None:  # the client half-closed: every request has had its answer
+            self._end_each(None)
+            return
+        assert self._handler is not None
+        self._coro = self._per_message.each(self._handler.request_deserializer(data), self)
+        self._step_each()
+
+    def _step_each(self, _future: Any = None) -> None:
+        """Drive the handler of one message, as ``_step`` does a unary handler."""
+        coro = self._coro
+        waiting, self._waiting = self._waiting, None
+        try:
+            if waiting is not None and waiting.cancelled():
+                yielded = coro.throw(asyncio.CancelledError())
+            else:
+                yielded = coro.send(None)
+        except StopIteration as stop:
+            self._coro = None
+            self._answer_each(stop.value)
+            return
+        except BaseException as exc:  # noqa: BLE001 - every end of a handler becomes a status
+            self._coro = None
+            self._end_each(exc)
+            return
+        if getattr(yielded, "_asyncio_future_blocking", None):
+            yielded._asyncio_future_blocking = False
+            self._waiting = yielded
+            yielded.add_done_callback(self._step_each)
+        elif yielded is None:
+            self._engine.loop.call_soon(self._step_each)
+        else:
+            self._coro = None
+            coro.close()
+            self._end_each(RuntimeError(f"a handler yielded {yielded!r}"))
+
+    def _answer_each(self, response: Any) -> None:
+        assert self._handler is not None
+        try:
+            data = self._handler.response_serializer(response)
+        except Exception as exc:  # noqa: BLE001
+            self._end_each(exc)
+            return
+        send = cygrpc.SendMessageOperation(data, NO_FLAGS)
+        receive = cygrpc.ReceiveMessageOperation(NO_FLAGS)
+        if self._initial_sent:
+            self._start((send, receive), self._on_each)
+        else:
+            self._initial_sent = True
+            self._start((cygrpc.SendInitialMetadataOperation(_EMPTY, NO_FLAGS), send, receive), self._on_each)
+
+    def _end_each(self, exc: BaseException | None) -> None:
+        self._per_message.end(exc, self)
+        if exc is None:
+            self._finish_status(grpc.StatusCode.OK, "")
+        else:
+            self._finish_error(exc)
 
     def _watch_close(self) -> None:
         self._close_watched = True

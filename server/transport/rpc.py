@@ -16,7 +16,7 @@ import inspect
 import logging
 import re
 from collections.abc import Callable
-from typing import Any, NoReturn, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 import grpc
 from google.protobuf import message_factory
@@ -201,6 +201,58 @@ def _guard_stream(fn: Callable[..., Any], method: str, stats: MethodStats, clien
     return handler
 
 
+class PerMessage:
+    """A bidi stream whose every request gets exactly one response (LeaseKeepAlive), as the engine
+    serves it without a task: ``each`` is the guarded handler of one message.  The servicer provides
+    it as ``<method>_each(request, context) -> response``; the plain stream handler (``<method>``)
+    stays for the HTTP gateway."""
+
+    __slots__ = ("_fn", "_method", "_stats", "_faults", "_short")
+
+    def __init__(self, fn: Callable[..., Any], method: str, stats: MethodStats, faults: Faults, short: str) -> None:
+        self._fn = fn
+        self._method = method
+        self._stats = stats
+        self._faults = faults
+        self._short = short
+
+    def begin(self) -> None:
+        self._stats.started += 1
+
+    async def each(self, request: Any, context: RpcContext) -> Any:
+        try:
+            if type(request) is BadRequest:
+                await context.abort(request.code, request.message)
+            if self._faults.active:
+                await self._faults.before(self._short)
+            return await self._fn(request, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await abort_with(context, exc, self._method)  # every other error becomes a status
+            raise
+
+    def end(self, exc: BaseException | None, context: RpcContext) -> None:
+        if exc is None:
+            self._stats.handled[0] += 1
+        else:
+            self._stats.done(_status_of(exc, context))
+
+
+class MethodHandler(NamedTuple):
+    """grpc.RpcMethodHandler's fields, plus the engine's per-message path where a servicer has one."""
+
+    request_streaming: bool
+    response_streaming: bool
+    request_deserializer: Callable[[bytes], Any] | None
+    response_serializer: Callable[[Any], bytes] | None
+    unary_unary: Callable[..., Any] | None
+    unary_stream: Callable[..., Any] | None
+    stream_unary: Callable[..., Any] | None
+    stream_stream: Callable[..., Any] | None
+    per_message: PerMessage | None = None
+
+
 def _unimplemented(full_name: str, stats: MethodStats) -> Callable[..., Any]:
     async def handler(request: Any, context: RpcContext) -> None:
         stats.started += 1
@@ -238,7 +290,13 @@ def generic_handler(service: ServiceDescriptor, impl: object | None, metrics: Gr
             raise TypeError(f"{full} handler must be async")
         kwargs = dict(request_deserializer=_deserializer(req_cls, max_receive_bytes, max_txn_ops),
                       response_serializer=resp_cls.SerializeToString)
-        if cs and ss:
+        each = getattr(impl, _snake(method.name) + "_each", None) if impl is not None and cs and ss else None
+        if each is not None:
+            per_message = PerMessage(each, full, stats, faults, short)
+            handlers[method.name] = MethodHandler(  # type: ignore[assignment]
+                True, True, kwargs["request_deserializer"], kwargs["response_serializer"], None, None, None, fn,
+                per_message)
+        elif cs and ss:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(fn, **kwargs)
         elif cs:
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(fn, **kwargs)
