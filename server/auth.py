@@ -558,6 +558,22 @@ def _tls_common_name(context: grpc.aio.ServicerContext) -> str | None:
 LeaseKeys = Callable[[int], "Iterable[bytes] | None"]  # a lease's attached keys; None when no such lease
 
 
+def save_state_file(path: Path, state: dict[str, Any], fsync: bool = True) -> None:
+    """Replace ``auth.json`` atomically; it holds password hashes, so only the owner may read it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(state, indent=1).encode())
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if fsync:
+        fsync_dir(path.parent)
+
+
 class AuthStore:
     """Users, roles and the enabled flag, persisted; tokens; the permission checks.
 
@@ -610,11 +626,12 @@ class AuthStore:
         except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise ConfigError(f"cannot load the auth state {path}: {exc}") from None
 
-    def _encode(self) -> bytes:
+    def export_state(self) -> dict[str, Any]:
+        """The persisted state as plain data (what ``auth.json`` holds; snapshots carry it too)."""
         def b64(b: bytes) -> str:
             return base64.b64encode(b).decode()
 
-        state = {
+        return {
             "version": STATE_VERSION, "enabled": self.enabled, "revision": self.revision,
             "users": [{"name": u.name, "password": b64(u.password), "roles": u.roles, "no_password": u.no_password}
                       for u in self._users.values()],
@@ -622,25 +639,10 @@ class AuthStore:
                 {"key": b64(p.key), "range_end": b64(p.range_end), "type": p.perm_type} for p in r.perms]}
                 for r in self._roles.values()],
         }
-        return json.dumps(state, indent=1).encode()
 
     def _save(self) -> None:
-        """Replace the state file atomically; it holds password hashes, so only the owner may read it."""
-        if self._path is None:
-            return
-        path = self._path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, self._encode())
-            if self._fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        if self._fsync:
-            fsync_dir(path.parent)
+        if self._path is not None:
+            save_state_file(self._path, self.export_state(), self._fsync)
 
     @contextmanager
     def _change(self, commit_revision: bool = True) -> Iterator[None]:

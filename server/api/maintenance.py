@@ -1,27 +1,29 @@
 """etcdserverpb.Maintenance: Status, Alarm, Defragment and Snapshot over the data dir (issue 4).
 
 Defragment rewrites the snapshot and starts an empty log, so the data dir shrinks to what is in
-use.  Snapshot streams a fresh etcdlite snapshot file (see ``server.wal``) in 32 KiB chunks and then
-its SHA-256, as etcd's v3rpc does with its bbolt file: ``etcdctl snapshot save`` stores it and
-``etcdlite snapshot restore FILE --data-dir DIR`` turns it back into a data dir.
+use.  Snapshot streams a bbolt database in etcd's layout (``server.etcdsnap``) in 32 KiB chunks and
+then its SHA-256, as etcd's v3rpc does: ``etcdctl snapshot save`` stores it, ``etcdutl snapshot
+status|restore`` read it, and so does ``etcdlite snapshot restore FILE --data-dir DIR``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
+import tempfile
 
 import grpc
 from crc32c import crc32c
 
-from .. import __version__, errors
+from .. import __version__, errors, etcdsnap
 from ..version import CLUSTER_VERSION
 from ..version import SERVER_VERSION as ETCD_VERSION
 from ..alarm import describe
 from ..node import Node
 from ..pb.etcdserverpb import rpc_pb2 as pb
-from ..wal import WAL, snapshot_revision, snapshot_size
+from ..wal import SNAP_DIR, WAL, snapshot_size
 
 log = logging.getLogger("etcdlite.maintenance")
 
@@ -86,21 +88,30 @@ class MaintenanceService:
 
     async def snapshot(self, request: pb.SnapshotRequest, context: grpc.aio.ServicerContext) -> None:
         self._node.auth.check_maintenance_admin(context)
-        data = await self._wal().snapshot()
-        total = len(data)
-        log.info("sending database snapshot to client", extra={"fields": {"total-bytes": total}})
-        digest = hashlib.sha256()
-        header = pb.ResponseHeader(revision=snapshot_revision(data))
-        self._node.fill_header(header)
-        sent = 0
-        while sent < total:
-            blob = data[sent:sent + SNAPSHOT_CHUNK]
-            sent += len(blob)
-            digest.update(blob)
-            resp = pb.SnapshotResponse(remaining_bytes=total - sent, blob=blob)
-            if sent == len(blob):
-                resp.header.CopyFrom(header)  # the first header marks the snapshot's point in time
-            await context.write(resp)
+        node = self._node
+        wal = self._wal()
+        state, versions = etcdsnap.capture(node)
+        await node.store.wait_durable(node.store.last_seq)  # never hand out what a crash could still lose
+        # unlinked at once (O_TMPFILE): nothing is left behind if the stream or the process dies
+        with tempfile.TemporaryFile(dir=wal.member_dir / SNAP_DIR, prefix="snapshot-") as f:
+            total = await asyncio.get_running_loop().run_in_executor(None, etcdsnap.write, f, state, versions)
+            del versions
+            log.info("sending database snapshot to client", extra={"fields": {"total-bytes": total}})
+            header = pb.ResponseHeader(revision=state.revision)
+            node.fill_header(header)
+            digest = hashlib.sha256()
+            f.seek(0)
+            sent = 0
+            while sent < total:
+                blob = f.read(min(SNAPSHOT_CHUNK, total - sent))
+                if not blob:
+                    raise errors.EtcdError(grpc.StatusCode.INTERNAL, "etcdserver: snapshot file ended early")
+                sent += len(blob)
+                digest.update(blob)
+                resp = pb.SnapshotResponse(remaining_bytes=total - sent, blob=blob)
+                if sent == len(blob):
+                    resp.header.CopyFrom(header)  # the first header marks the snapshot's point in time
+                await context.write(resp)
         await context.write(pb.SnapshotResponse(remaining_bytes=0, blob=digest.digest()))
         log.info("sent database snapshot to client", extra={"fields": {"total-bytes": total}})
 
