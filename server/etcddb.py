@@ -145,7 +145,12 @@ def unmarshal_version(rev_key: bytes, value: bytes) -> KeyValue:
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
         raise SnapshotError(f"key bucket: revision {main}_{sub} does not hold an mvccpb.KeyValue ({exc})") from None
     if tombstone:
+        if pb.value or pb.create_revision or pb.mod_revision or pb.version or pb.lease:
+            raise SnapshotError(f"key bucket: the deletion of key {pb.key!r} at revision {main} holds more than the key")
         return KeyValue(pb.key, b"", 0, main, 0, 0, sub)
+    if pb.version == 0:
+        raise SnapshotError(f"key bucket: key {pb.key!r} at revision {main} is not marked as a deletion but has "
+                            f"version 0")
     if pb.mod_revision != main:
         raise SnapshotError(f"key bucket: key {pb.key!r} at revision {main} says mod_revision {pb.mod_revision}")
     return KeyValue(pb.key, pb.value, pb.create_revision, pb.mod_revision, pb.version, pb.lease, sub)
