@@ -37,7 +37,7 @@ def _etcdutl() -> str:
 needs_etcd = pytest.mark.skipif(ETCD_BIN is None, reason="real etcd is not installed")
 
 
-def workload(c: Client) -> int:
+def workload(c: Client, auth: bool = True) -> int:
     """The same operations on either server; returns the compaction revision."""
     c.grant(60, id=0x1001)
     c.grant(90, id=0x1002)  # a lease without keys
@@ -60,6 +60,8 @@ def workload(c: Client) -> int:
     c.put("e", "2")
     c.delete("b")
     c.put("big", "v" * 5000)  # a value on overflow pages
+    if not auth:
+        return compacted
     c.call("Auth.RoleAdd", pb.AuthRoleAddRequest(name="reader"))
     c.call("Auth.RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(
         name="reader", perm=auth_pb2.Permission(permType=auth_pb2.Permission.READ, key=b"a", range_end=b"z")))
