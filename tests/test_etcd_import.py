@@ -75,3 +75,17 @@ def test_a_running_etcd_or_a_damaged_wal_is_refused(server_factory: Callable[...
     assert (p.returncode, p.stderr) == (1, f"Error: etcd's WAL file {wal.name} has a record whose CRC does not "
                                            f"match\n")
     assert not (tmp_path / "imported").exists()
+
+
+def test_etcdlite_started_on_an_etcd_data_dir_says_how_to_import_it(server_factory: Callable[..., EtcdProcess],
+                                                                    tmp_path: Path) -> None:
+    from harness import ServerStartError
+
+    etcd = server_factory("etcd")
+    etcd.stop()
+    lite = EtcdProcess("etcdlite", etcd.data_dir)
+    with pytest.raises(ServerStartError) as err:
+        lite.start()
+    lite.stop()
+    log = str(err.value)
+    assert f"import it into a new data dir with `etcdlite snapshot restore {etcd.data_dir} --data-dir NEW_DIR`" in log
