@@ -12,6 +12,8 @@ This module is the only place that reads the live objects; everything past ``cap
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .etcddb import AuthRecord, EtcdState, LeaseRecord, MemberRecord, RoleRecord, UserRecord, write_db
@@ -21,27 +23,39 @@ if TYPE_CHECKING:
     from .node import Node
 
 
-def key_bucket_versions(store: MVCCStore) -> list[KeyValue]:
-    """Every version etcd's key bucket holds for this store, ordered by (revision, sub revision).
+def split_versions(store: MVCCStore) -> tuple[list[KeyValue], list[KeyValue]]:
+    """Every version etcd's key bucket holds for this store: those older than the change log (in key
+    order: ``ordered`` sorts them, off the event loop) and the change log's (in revision order).
 
-    The store's change log holds every version until the first compaction; after one, the versions
-    below the log come from the per-key history.  A compaction at C keeps, for each key, the newest
-    version at or below C unless it is a tombstone, and everything above C -- as etcd's compactor
-    does -- while the change log may still list versions at or below C that were dropped.
+    The change log holds every version until the first compaction; after one, the versions below
+    it come from the per-key history.  A compaction at C keeps, for each key, the newest version at
+    or below C unless it is a tombstone, and everything above C -- as etcd's compactor does -- while
+    the change log may still list versions at or below C that were dropped.
     """
     compact = store.compact_main_revision
     logged = list(store.changes_since(0, store.current_revision))
-    versions: list[KeyValue] = []
+    older: list[KeyValue] = []
     if compact >= 0:
         first_logged = logged[0][0] if logged else store.current_revision + 1
-        versions = [kv for kv in store.history() if kv.mod_revision < first_logged]
-        versions.sort(key=lambda kv: (kv.mod_revision << 32) + kv.sub)
+        older = [kv for kv in store.history() if kv.mod_revision < first_logged]
+    recent: list[KeyValue] = []
     for revision, changes in logged:
         if revision <= compact:
-            versions.extend(kv for kv in changes if store.get(kv.key, compact) is kv)
+            recent.extend(kv for kv in changes if store.get(kv.key, compact) is kv)
         else:
-            versions.extend(changes)
-    return versions
+            recent.extend(changes)
+    return older, recent
+
+
+def ordered(older: list[KeyValue], recent: list[KeyValue]) -> Iterator[KeyValue]:
+    """The key bucket's order: (revision, sub revision)."""
+    older.sort(key=lambda kv: (kv.mod_revision << 32) + kv.sub)
+    yield from older
+    yield from recent
+
+
+def key_bucket_versions(store: MVCCStore) -> list[KeyValue]:
+    return list(ordered(*split_versions(store)))
 
 
 def auth_record(state: dict[str, Any]) -> AuthRecord:
@@ -68,7 +82,14 @@ def auth_state(record: AuthRecord, version: int) -> dict[str, Any]:
     }
 
 
-def capture(node: Node) -> tuple[EtcdState, list[KeyValue]]:
+@dataclass(slots=True)
+class Capture:
+    state: EtcdState
+    older: list[KeyValue]  # see split_versions
+    recent: list[KeyValue]
+
+
+def capture(node: Node) -> Capture:
     """The node's whole state now (on the event loop; nothing is copied but pointers)."""
     store = node.store
     wal = node.wal
@@ -83,9 +104,9 @@ def capture(node: Node) -> tuple[EtcdState, list[KeyValue]]:
         members=[MemberRecord(m.id, m.name, list(m.peer_urls), m.is_learner) for m in node.membership.members()],
         alarms=[(a.memberID, a.alarm) for a in node.alarms.get()],
     )
-    return state, key_bucket_versions(store)
+    return Capture(state, *split_versions(store))
 
 
-def write(f: BinaryIO, state: EtcdState, versions: list[KeyValue]) -> int:
+def write(f: BinaryIO, snap: Capture) -> int:
     """The database into the seekable ``f`` (in a thread: it only reads what ``capture`` returned)."""
-    return write_db(f, state, versions)
+    return write_db(f, snap.state, ordered(snap.older, snap.recent))

@@ -152,8 +152,7 @@ def by_revision(versions: Iterable[KeyValue]) -> Iterator[tuple[int, list[KeyVal
         yield group[0].mod_revision, group
 
 
-def write_state(staging: Path, state: EtcdState, versions: Iterable[KeyValue],
-                extra: Iterable[tuple[int, list[KeyValue]]] = ()) -> None:
+def write_state(staging: Path, state: EtcdState, versions: Iterable[KeyValue]) -> None:
     """An etcdlite data dir holding ``state``: snapshot, empty log, auth and alarms (members are not
     carried over: as with ``etcdutl snapshot restore``, the flags of the restored member define them)."""
     member = staging / MEMBER_DIR
@@ -162,19 +161,13 @@ def write_state(staging: Path, state: EtcdState, versions: Iterable[KeyValue],
         d.mkdir(mode=0o700)
     index = state.consistent_index
     leases = [(le.id, le.ttl) for le in state.leases]
-    groups = by_revision(versions)
     write_snapshot_streamed(snap_dir, index, state.revision, restored_compact_revision(state), leases,
-                            _chain(groups, extra))
+                            by_revision(versions))
     Segment.create(wal_dir, index + 1, sync=True).close()
     save_state_file(member / STATE_FILE, etcdsnap.auth_state(state.auth, STATE_VERSION))
     if state.alarms:
         _write_file(member / ALARMS_FILE, json.dumps(sorted((a, m) for m, a in state.alarms)).encode())
     fsync_dir(member)
-
-
-def _chain(*parts: Iterable[tuple[int, list[KeyValue]]]) -> Iterator[tuple[int, list[KeyValue]]]:
-    for part in parts:
-        yield from part
 
 
 def _write_from_etcd_db(path: Path, limit: int, state: EtcdState, staging: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import ETCD_BIN, Client, Err, EtcdProcess, delete_req, etcdctl, op, put_req
+from harness import ETCD_BIN, Client, EtcdProcess, delete_req, etcdctl, op, put_req
 
 from etcdlite.pb.authpb import auth_pb2
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb

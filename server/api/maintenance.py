@@ -90,14 +90,15 @@ class MaintenanceService:
         self._node.auth.check_maintenance_admin(context)
         node = self._node
         wal = self._wal()
-        state, versions = etcdsnap.capture(node)
+        snap = etcdsnap.capture(node)
+        revision = snap.state.revision
         await node.store.wait_durable(node.store.last_seq)  # never hand out what a crash could still lose
         # unlinked at once (O_TMPFILE): nothing is left behind if the stream or the process dies
         with tempfile.TemporaryFile(dir=wal.member_dir / SNAP_DIR, prefix="snapshot-") as f:
-            total = await asyncio.get_running_loop().run_in_executor(None, etcdsnap.write, f, state, versions)
-            del versions
+            total = await asyncio.get_running_loop().run_in_executor(None, etcdsnap.write, f, snap)
+            del snap
             log.info("sending database snapshot to client", extra={"fields": {"total-bytes": total}})
-            header = pb.ResponseHeader(revision=state.revision)
+            header = pb.ResponseHeader(revision=revision)
             node.fill_header(header)
             digest = hashlib.sha256()
             f.seek(0)
