@@ -611,20 +611,23 @@ class AuthStore:
     # -- persistence ----------------------------------------------------------------------------
     def _load(self, path: Path) -> None:
         try:
-            state = json.loads(path.read_bytes())
-            if state.get("version") != STATE_VERSION:
-                raise ValueError(f"unknown version {state.get('version')!r}")
-            self.enabled = bool(state["enabled"])
-            self.revision = int(state["revision"])
-            for u in state["users"]:
-                self._users[u["name"]] = User(u["name"], base64.b64decode(u["password"]), list(u["roles"]),
-                                              bool(u["no_password"]))
-            for r in state["roles"]:
-                self._roles[r["name"]] = Role(r["name"], [
-                    Permission(base64.b64decode(p["key"]), base64.b64decode(p["range_end"]), int(p["type"]))
-                    for p in r["permissions"]])
+            self.load_state(json.loads(path.read_bytes()))
         except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise ConfigError(f"cannot load the auth state {path}: {exc}") from None
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take the state ``export_state`` gives (what auth.json holds)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unknown version {state.get('version')!r}")
+        self.enabled = bool(state["enabled"])
+        self.revision = int(state["revision"])
+        for u in state["users"]:
+            self._users[u["name"]] = User(u["name"], base64.b64decode(u["password"]), list(u["roles"]),
+                                          bool(u["no_password"]))
+        for r in state["roles"]:
+            self._roles[r["name"]] = Role(r["name"], [
+                Permission(base64.b64decode(p["key"]), base64.b64decode(p["range_end"]), int(p["type"]))
+                for p in r["permissions"]])
 
     def export_state(self) -> dict[str, Any]:
         """The persisted state as plain data (what ``auth.json`` holds; snapshots carry it too)."""

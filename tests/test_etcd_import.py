@@ -7,6 +7,7 @@ start-up (until a compaction forces one), so after ``kill -9`` the writes live i
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,11 +34,11 @@ def test_writes_only_in_the_wal_after_kill_9_are_applied(server_factory: Callabl
                                                           tmp_path: Path) -> None:
     # the oracle runs the same operations and is asked (HashKV would make the other commit its database)
     oracle = server_factory("etcd", args=FAST)
-    compacted = workload(oracle.client(), auth=False)
+    compacted = workload(oracle.client())
     before = observe(oracle.client(), compacted)
     oracle.stop()
     etcd = server_factory("etcd", args=FAST + NO_COMMITS)
-    assert workload(etcd.client(), auth=False) == compacted
+    assert workload(etcd.client()) == compacted  # KV, leases, a compaction, users, roles, permissions
     etcd.kill()
     p = etcdlite_restore(etcd.data_dir, tmp_path / "imported")
     assert p.returncode == 0, p.stderr
@@ -45,16 +46,36 @@ def test_writes_only_in_the_wal_after_kill_9_are_applied(server_factory: Callabl
     assert served("etcdlite", tmp_path / "imported", compacted, server_factory) == before
 
 
+def test_auth_changes_only_in_the_wal_are_applied(server_factory: Callable[..., EtcdProcess],
+                                                  tmp_path: Path) -> None:
+    etcd = server_factory("etcd", args=FAST + NO_COMMITS)
+    for args in (("user", "add", "root:first"), ("role", "add", "root"), ("user", "grant-role", "root", "root"),
+                 ("user", "passwd", "root", "--interactive=false"), ("auth", "enable")):
+        rc, _, err = etcdctl(etcd.endpoint, *args, input="second\n" if args[1] == "passwd" else None)
+        assert rc == 0, (args, err)
+    assert etcdctl(etcd.endpoint, "--user", "root:second", "put", "secret", "s3")[0] == 0
+    etcd.kill()
+    p = etcdlite_restore(etcd.data_dir, tmp_path / "imported")
+    assert p.returncode == 0 and "1 users, 1 roles" in p.stdout, p.stderr
+    lite = server_factory("etcdlite", args=FAST, data_dir=tmp_path / "imported")
+    rc, _, err = etcdctl(lite.endpoint, "get", "secret")
+    assert rc != 0 and "user name is empty" in err
+    assert etcdctl(lite.endpoint, "--user", "root:first", "get", "secret")[0] != 0
+    assert etcdctl(lite.endpoint, "--user", "root:second", "get", "secret", "--print-value-only")[1] == "s3\n"
+
+
 def test_wal_entries_the_import_cannot_apply_refuse_it(server_factory: Callable[..., EtcdProcess],
                                                        tmp_path: Path) -> None:
-    etcd = server_factory("etcd", args=FAST + NO_COMMITS)
+    etcd = server_factory("etcd", args=FAST + NO_COMMITS + ["--enable-v2"])
     assert etcdctl(etcd.endpoint, "put", "k", "v")[0] == 0
-    assert etcdctl(etcd.endpoint, "user", "add", "alice:pw")[0] == 0
+    put = subprocess.run(["curl", "-fsS", "-X", "PUT", f"{etcd.endpoint}/v2/keys/v2key", "-d", "value=x"],
+                         capture_output=True, text=True)
+    assert put.returncode == 0, put.stderr
     etcd.kill()
     p = etcdlite_restore(etcd.data_dir, tmp_path / "imported")
     assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
-    assert p.stderr.startswith("Error: etcd's WAL entry ") and "is an auth change (UserAdd), which the import " \
-        "does not apply; start etcd once and stop it cleanly" in p.stderr
+    assert p.stderr.startswith("Error: etcd's WAL entry ") and "is a v2 API write to '/1/v2key', which the " \
+        "import does not apply; start etcd once and stop it cleanly" in p.stderr
     assert not (tmp_path / "imported").exists()
 
 
