@@ -50,18 +50,26 @@ def test_auth_changes_only_in_the_wal_are_applied(server_factory: Callable[..., 
                                                   tmp_path: Path) -> None:
     etcd = server_factory("etcd", args=FAST + NO_COMMITS)
     for args in (("user", "add", "root:first"), ("role", "add", "root"), ("user", "grant-role", "root", "root"),
-                 ("user", "passwd", "root", "--interactive=false"), ("auth", "enable")):
-        rc, _, err = etcdctl(etcd.endpoint, *args, input="second\n" if args[1] == "passwd" else None)
+                 ("auth", "enable")):  # enabling auth commits etcd's database: what follows is in its WAL only
+        assert etcdctl(etcd.endpoint, *args)[0] == 0, args
+    for args in (("user", "passwd", "root", "--interactive=false"), ("user", "add", "bob:bpw"),
+                 ("role", "add", "reader"), ("role", "grant-permission", "reader", "read", "secret"),
+                 ("user", "grant-role", "bob", "reader"), ("put", "secret", "s3")):
+        user = "root:first" if args[1] == "passwd" else "root:second"
+        rc, _, err = etcdctl(etcd.endpoint, "--user", user, *args, input="second\n" if args[1] == "passwd" else None)
         assert rc == 0, (args, err)
-    assert etcdctl(etcd.endpoint, "--user", "root:second", "put", "secret", "s3")[0] == 0
     etcd.kill()
     p = etcdlite_restore(etcd.data_dir, tmp_path / "imported")
-    assert p.returncode == 0 and "1 users, 1 roles" in p.stdout, p.stderr
+    assert p.returncode == 0 and "2 users, 2 roles" in p.stdout, p.stderr
+    assert "note: applied " in p.stderr and "note: applied 0 " not in p.stderr, p.stderr
     lite = server_factory("etcdlite", args=FAST, data_dir=tmp_path / "imported")
     rc, _, err = etcdctl(lite.endpoint, "get", "secret")
     assert rc != 0 and "user name is empty" in err
     assert etcdctl(lite.endpoint, "--user", "root:first", "get", "secret")[0] != 0
     assert etcdctl(lite.endpoint, "--user", "root:second", "get", "secret", "--print-value-only")[1] == "s3\n"
+    assert etcdctl(lite.endpoint, "--user", "bob:bpw", "get", "secret", "--print-value-only")[1] == "s3\n"
+    rc, _, err = etcdctl(lite.endpoint, "--user", "bob:bpw", "put", "secret", "mine")
+    assert rc != 0 and "permission denied" in err
 
 
 def test_wal_entries_the_import_cannot_apply_refuse_it(server_factory: Callable[..., EtcdProcess],
