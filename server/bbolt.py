@@ -93,7 +93,7 @@ def _branch_body(children: list[tuple[bytes, int]]) -> bytes:
 
 # -- writing -------------------------------------------------------------------------------------
 class BoltWriter:
-    """Writes pages 2, 3, ... of a new bbolt file to ``out``; ``meta_pages()`` gives pages 0 and 1.
+    """Writes pages 2, 3, ... of a new bbolt file to ``out``; ``finish`` returns pages 0 and 1.
 
     Page 2 is an empty freelist (nothing is free in a file written in one go).  ``bucket(items)``
     writes a bucket from ``(key, value, flags)`` in strictly increasing key order and returns the
@@ -105,14 +105,12 @@ class BoltWriter:
         self._out = out
         self.page_size = page_size
         self.next_pgid = 2
-        self.bytes_written = 0
         self._write_page(FREELIST_PAGE, 0, b"")
 
     def _write_page(self, flags: int, count: int, body: bytes) -> int:
         pgid = self.next_pgid
         page = _page_bytes(pgid, flags, count, body, self.page_size)
         self._out.write(page)
-        self.bytes_written += len(page)
         self.next_pgid += len(page) // self.page_size
         return pgid
 
