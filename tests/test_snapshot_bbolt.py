@@ -266,3 +266,25 @@ def test_restore_refuses_a_used_data_dir_and_unsealed_files(tmp_path: Path) -> N
     p = etcdlite_restore(plain, tmp_path / "new", "--skip-hash-check")
     assert p.returncode == 1 and p.stderr.startswith("Error: no valid bbolt meta page")
     assert sorted(x.name for x in tmp_path.iterdir()) == ["plain.db", "used"]  # nothing written, no staging left
+
+
+@needs_etcd
+def test_alarms_survive_both_ways(server_factory: Callable[..., EtcdProcess], tmp_path: Path) -> None:
+    for source, dest in (("etcdlite", "etcd"), ("etcd", "etcdlite")):
+        srv = server_factory(source)
+        member = srv.stubs().maintenance.Status(pb.StatusRequest(), timeout=10).header.member_id
+        srv.client().call("Maintenance.Alarm", pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, memberID=member,
+                                                               alarm=pb.NOSPACE))
+        save(srv, tmp_path / f"{source}.db")
+        srv.stop()
+        restored = tmp_path / f"{source}-to-{dest}"
+        if dest == "etcd":
+            etcdutl_restore(tmp_path / f"{source}.db", restored)
+        else:
+            assert etcdlite_restore(tmp_path / f"{source}.db", restored).returncode == 0
+        again = server_factory(dest, data_dir=restored)
+        alarms = again.client().call("Maintenance.Alarm", pb.AlarmRequest(action=pb.AlarmRequest.GET))["alarms"]
+        assert alarms == [{"memberID": member, "alarm": "NOSPACE"}], dest
+        rc, _, err = etcdctl(again.endpoint, "put", "k", "v")
+        assert rc != 0 and "database space exceeded" in err, dest
+        again.stop()
