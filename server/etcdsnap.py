@@ -12,6 +12,7 @@ This module is the only place that reads the live objects; everything past ``cap
 from __future__ import annotations
 
 import base64
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -23,39 +24,44 @@ if TYPE_CHECKING:
     from .node import Node
 
 
-def split_versions(store: MVCCStore) -> tuple[list[KeyValue], list[KeyValue]]:
-    """Every version etcd's key bucket holds for this store: those older than the change log (in key
-    order: ``ordered`` sorts them, off the event loop) and the change log's (in revision order).
+@dataclass(slots=True)
+class KeyBucket:
+    """Every version etcd's key bucket holds for a store, as captured on the event loop.
 
     The change log holds every version until the first compaction; after one, the versions below
-    it come from the per-key history.  A compaction at C keeps, for each key, the newest version at
-    or below C unless it is a tombstone, and everything above C -- as etcd's compactor does -- while
-    the change log may still list versions at or below C that were dropped.
+    it come from the per-key histories.  A compaction at C keeps, for each key, the newest version
+    at or below C unless it is a tombstone, and everything above C -- as etcd's compactor does --
+    while the change log may still list versions at or below C that were dropped.
     """
+
+    older: list[KeyValue]  # below the change log, in no order yet
+    compacted: list[KeyValue]  # the change log's versions at or below the compaction that the store kept
+    revisions: list[int]  # the rest of the change log: revisions above the compaction ...
+    changes: list[list[KeyValue]]  # ... and the versions written at each
+
+    def ordered(self) -> Iterator[KeyValue]:
+        """(revision, sub revision) order; the sorting and flattening may run in another thread."""
+        self.older.sort(key=lambda kv: (kv.mod_revision << 32) + kv.sub)
+        yield from self.older
+        yield from self.compacted
+        for changes in self.changes:
+            yield from changes
+
+
+def capture_key_bucket(store: MVCCStore) -> KeyBucket:
+    """On the event loop: pointers only, and a walk of the histories once the store was compacted."""
     compact = store.compact_main_revision
-    logged = list(store.changes_since(0, store.current_revision))
-    older: list[KeyValue] = []
-    if compact >= 0:
-        first_logged = logged[0][0] if logged else store.current_revision + 1
-        older = [kv for kv in store.history() if kv.mod_revision < first_logged]
-    recent: list[KeyValue] = []
-    for revision, changes in logged:
-        if revision <= compact:
-            recent.extend(kv for kv in changes if store.get(kv.key, compact) is kv)
-        else:
-            recent.extend(changes)
-    return older, recent
-
-
-def ordered(older: list[KeyValue], recent: list[KeyValue]) -> Iterator[KeyValue]:
-    """The key bucket's order: (revision, sub revision)."""
-    older.sort(key=lambda kv: (kv.mod_revision << 32) + kv.sub)
-    yield from older
-    yield from recent
+    revisions, changes = store.change_log()
+    cut = bisect.bisect_right(revisions, compact)
+    compacted = [kv for versions in changes[:cut] for kv in versions if store.get(kv.key, compact) is kv]
+    first_logged = revisions[0] if revisions else store.current_revision + 1
+    older = [kv for versions in store.histories() for kv in versions
+             if kv.mod_revision < first_logged] if compact >= 0 else []
+    return KeyBucket(older, compacted, revisions[cut:], changes[cut:])
 
 
 def key_bucket_versions(store: MVCCStore) -> list[KeyValue]:
-    return list(ordered(*split_versions(store)))
+    return list(capture_key_bucket(store).ordered())
 
 
 def auth_record(state: dict[str, Any]) -> AuthRecord:
@@ -85,8 +91,7 @@ def auth_state(record: AuthRecord, version: int) -> dict[str, Any]:
 @dataclass(slots=True)
 class Capture:
     state: EtcdState
-    older: list[KeyValue]  # see split_versions
-    recent: list[KeyValue]
+    keys: KeyBucket
 
 
 def capture(node: Node) -> Capture:
@@ -104,9 +109,9 @@ def capture(node: Node) -> Capture:
         members=[MemberRecord(m.id, m.name, list(m.peer_urls), m.is_learner) for m in node.membership.members()],
         alarms=[(a.memberID, a.alarm) for a in node.alarms.get()],
     )
-    return Capture(state, *split_versions(store))
+    return Capture(state, capture_key_bucket(store))
 
 
 def write(f: BinaryIO, snap: Capture) -> int:
     """The database into the seekable ``f`` (in a thread: it only reads what ``capture`` returned)."""
-    return write_db(f, snap.state, ordered(snap.older, snap.recent))
+    return write_db(f, snap.state, snap.keys.ordered())
