@@ -37,6 +37,9 @@ BRANCH_PAGE, LEAF_PAGE, META_PAGE, FREELIST_PAGE = 0x01, 0x02, 0x04, 0x10
 BUCKET_LEAF_FLAG = 0x01
 NO_FREELIST = 0xFFFFFFFFFFFFFFFF  # bbolt's pgidNoFreelist (NoFreelistSync)
 MAX_DEPTH = 64  # far above any real tree (a 4 KiB page has at least 2 children): stops a crafted loop
+# A page is read whole: one spanning more than this is refused rather than held in memory.  etcd never
+# writes one (its values are bounded by --max-request-bytes, 1.5 MiB by default).
+MAX_PAGE_SPAN = 256 * 1024 * 1024
 
 PAGE_HEADER = struct.Struct("<QHHI")  # id, flags, count, overflow
 META = struct.Struct("<IIIIQQQQQ")  # magic, version, page size, flags, root, sequence, freelist, pgid, txid
@@ -305,6 +308,9 @@ class BoltReader:
             raise BoltError(f"page {pgid}: invalid type {page_flags:#x} where {flags:#x} was expected")
         if pgid + overflow >= self.pgid:
             raise BoltError(f"page {pgid}: its {overflow} overflow pages run past the end ({self.pgid} pages)")
+        if (overflow + 1) * self.page_size > MAX_PAGE_SPAN:
+            raise BoltError(f"page {pgid} spans {overflow + 1} pages, more than the {MAX_PAGE_SPAN >> 20} MiB "
+                            f"a page may take here")
         for i in range(overflow + 1):
             self._mark(pgid + i)
         data = head if not overflow else os.pread(self._fd, (overflow + 1) * self.page_size, pgid * self.page_size)
@@ -359,6 +365,8 @@ class BoltReader:
             if len(data) < PAGE_HEADER.size:
                 raise BoltError(f"page {pgid}: truncated")
             flags, count, overflow = PAGE_HEADER.unpack_from(data)[1:]
+            if pgid + overflow >= self.pgid or (overflow + 1) * self.page_size > MAX_PAGE_SPAN:
+                raise BoltError(f"page {pgid}: {overflow} overflow pages")
             if overflow:
                 data = os.pread(self._fd, (overflow + 1) * self.page_size, pgid * self.page_size)
             if flags & LEAF_PAGE:

@@ -131,3 +131,18 @@ def test_structural_damage_is_named(tmp_path: Path) -> None:
     data[leaves[1] * PAGE_SIZE:(leaves[1] + 1) * PAGE_SIZE] = clean[leaves[0] * PAGE_SIZE:(leaves[0] + 1) * PAGE_SIZE]
     struct.pack_into("<Q", data, leaves[1] * PAGE_SIZE, leaves[1])
     refuse(data, f"page {leaves[1]}: key outside the range its branch assigns")
+
+
+def test_a_page_spanning_too_much_is_refused_not_read(tmp_path: Path) -> None:
+    """A crafted overflow count would make the reader hold the span in memory: past 256 MiB it refuses."""
+    path = build(tmp_path / "db", {b"many": [(b"k%05d" % i, b"v" * 40) for i in range(2000)]})
+    data = bytearray(path.read_bytes())
+    pages = (300 << 20) // PAGE_SIZE
+    _reseal_meta(data, pgid=pages)
+    leaf = next(p for p in range(3, len(data) // PAGE_SIZE) if _page(data, p)[1] == LEAF_PAGE)
+    struct.pack_into("<I", data, leaf * PAGE_SIZE + 12, 70_000)  # its overflow count
+    path.write_bytes(bytes(data))
+    os.truncate(path, pages * PAGE_SIZE)  # sparse: the file is as long as the meta says
+    with pytest.raises(BoltError) as err:
+        read_all(path)
+    assert str(err.value) == f"page {leaf} spans 70001 pages, more than the 256 MiB a page may take here"
