@@ -74,7 +74,9 @@ def test_every_dir_0700_every_file_0600_whatever_the_umask(target: str, mask: in
 def test_snapshot_restore_makes_a_private_data_dir(mask: int, server_factory: Callable[..., EtcdProcess],
                                                    tmp_path: Path) -> None:
     srv = server_factory("etcdlite")
-    srv.stubs().kv.Put(pb.PutRequest(key=b"k", value=b"v"), timeout=10)
+    s = srv.stubs()
+    s.kv.Put(pb.PutRequest(key=b"k", value=b"v"), timeout=10)
+    s.maintenance.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, alarm=pb.NOSPACE), timeout=10)  # alarms too
     backup = tmp_path / "backup.db"
     rc, out, err = srv.etcdctl("snapshot", "save", str(backup))
     assert rc == 0, err
@@ -84,6 +86,7 @@ def test_snapshot_restore_makes_a_private_data_dir(mask: int, server_factory: Ca
                        preexec_fn=lambda: os.umask(mask))
     assert p.returncode == 0, p.stderr
     found = modes(restored)
+    assert {"member/auth.json", "member/alarms", "member/wal", "member/snap"} <= found.keys(), found
     assert {m for p, m in found.items() if (restored / p).is_dir()} == {"0o700"}, found
     assert {m for p, m in found.items() if not (restored / p).is_dir()} == {"0o600"}, found
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import cast
 
@@ -18,6 +19,7 @@ from ..storage.fsutil import write_atomic
 
 log = logging.getLogger("etcdlite.alarm")
 
+ALARMS_FILE = "alarms"  # in member/: a JSON list of [alarm type, member ID]
 NONE, NOSPACE, CORRUPT = pb.NONE, pb.NOSPACE, pb.CORRUPT
 KNOWN = frozenset({NOSPACE, CORRUPT})  # what etcd 3.5 can raise; it panics on any other type
 
@@ -39,6 +41,11 @@ def describe(member: pb.AlarmMember) -> str:
     """Go's String() of an AlarmMember, as etcd puts it in StatusResponse.errors."""
     out = f"memberID:{member.memberID} " if member.memberID else ""
     return out + f"alarm:{alarm_name(member.alarm)} "
+
+
+def encode_alarms(alarms: Iterable[tuple[int, int]]) -> bytes:
+    """The alarms file's content: (alarm type, member ID) pairs."""
+    return json.dumps(sorted(alarms)).encode()
 
 
 class AlarmStore:
@@ -67,7 +74,7 @@ class AlarmStore:
         if self._path is None:
             return
         try:
-            write_atomic(self._path, json.dumps(sorted(self._alarms)).encode(), self._fsync)
+            write_atomic(self._path, encode_alarms(self._alarms), self._fsync)
         except OSError as exc:  # the alarm still holds in memory
             log.warning("cannot persist alarms", extra={"fields": {"path": str(self._path), "error": str(exc)}})
 

@@ -13,6 +13,8 @@ from ..version import CLUSTER_VERSION
 from ..version import SERVER_VERSION as ETCD_VERSION
 from .alarm import describe
 from .server import Core, Who
+from .snapshot import SnapshotFile
+from .snapshot import take as take_snapshot
 
 log = logging.getLogger("etcdlite.maintenance")
 
@@ -68,11 +70,11 @@ class Maintenance:
         log.info("finished defragment", extra={"fields": {"db-size-bytes": backend.size()}})
         return pb.DefragmentResponse()  # etcd answers without a header
 
-    async def snapshot(self, who: Who) -> tuple[bytes, pb.ResponseHeader]:
-        """The snapshot file and the header that marks its point in time."""
+    async def snapshot(self, who: Who) -> SnapshotFile:
+        """The database as etcd's bbolt file and the header that marks its point in time; the caller
+        streams the file and closes it."""
         self._core.auth.check_maintenance_admin(who)
-        data, revision = await self._core.backend.snapshot()
-        return data, self._core.header(revision)
+        return await take_snapshot(self._core)
 
     async def hash(self, request: pb.HashRequest, who: Who) -> pb.HashResponse:
         """etcd hashes its whole bbolt file; etcdlite hashes what it stores: every version and lease."""

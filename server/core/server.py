@@ -24,7 +24,7 @@ from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..storage.backend import Backend, KeyValue, Recovered, WriteTxn
 from ..storage.datadir import secure_data_dir
 from . import kv
-from .alarm import CORRUPT, NOSPACE, AlarmStore
+from .alarm import ALARMS_FILE, CORRUPT, NOSPACE, AlarmStore
 from .auth.model import Credentials
 from .auth.store import AuthStore
 from .compactor import Compactor, new_compactor
@@ -63,7 +63,7 @@ class Core:
                                      fsync=not config.unsafe_no_fsync)
         self.watches = WatchHub(backend)
         self.auth = AuthStore.from_config(config, self._lease_keys)
-        self.alarms = AlarmStore(member_dir / "alarms", fsync=not config.unsafe_no_fsync)
+        self.alarms = AlarmStore(member_dir / ALARMS_FILE, fsync=not config.unsafe_no_fsync)
         self.compactor: Compactor | None = new_compactor(
             config.auto_compaction_mode, config.auto_compaction_retention,
             lambda: backend.visible_revision, self.compact_to)

@@ -39,16 +39,16 @@ import binascii
 import copy
 import json
 import logging
-import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ... import errors
 from ...config import Config, ConfigError
 from ...pb.authpb import auth_pb2
-from ...storage.fsutil import fsync_dir, make_private_dir, open_private
+from ...storage.fsutil import write_atomic
 from .model import (
     AUTH_OLD_REVISION,
     DEFAULT_BCRYPT_COST,
@@ -75,6 +75,11 @@ log = logging.getLogger("etcdlite.auth")
 
 # -- the store -------------------------------------------------------------------------------------
 LeaseKeys = Callable[[int], Iterable[bytes] | None]  # a lease's attached keys; None when no such lease
+
+
+def save_state_file(path: Path, state: dict[str, Any], fsync: bool = True) -> None:
+    """Replace ``auth.json`` atomically; it holds password hashes, so only the owner may read it."""
+    write_atomic(path, json.dumps(state, indent=1).encode(), fsync)
 
 
 class AuthStore(RequestChecks):
@@ -114,26 +119,30 @@ class AuthStore(RequestChecks):
     # -- persistence ----------------------------------------------------------------------------
     def _load(self, path: Path) -> None:
         try:
-            state = json.loads(path.read_bytes())
-            if state.get("version") != STATE_VERSION:
-                raise ValueError(f"unknown version {state.get('version')!r}")
-            self.enabled = bool(state["enabled"])
-            self.revision = int(state["revision"])
-            for u in state["users"]:
-                self._users[u["name"]] = User(u["name"], base64.b64decode(u["password"]), list(u["roles"]),
-                                              bool(u["no_password"]))
-            for r in state["roles"]:
-                self._roles[r["name"]] = Role(r["name"], [
-                    Permission(base64.b64decode(p["key"]), base64.b64decode(p["range_end"]), int(p["type"]))
-                    for p in r["permissions"]])
+            self.load_state(json.loads(path.read_bytes()))
         except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise ConfigError(f"cannot load the auth state {path}: {exc}") from None
 
-    def _encode(self) -> bytes:
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take the state ``export_state`` gives (what auth.json holds)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unknown version {state.get('version')!r}")
+        self.enabled = bool(state["enabled"])
+        self.revision = int(state["revision"])
+        for u in state["users"]:
+            self._users[u["name"]] = User(u["name"], base64.b64decode(u["password"]), list(u["roles"]),
+                                          bool(u["no_password"]))
+        for r in state["roles"]:
+            self._roles[r["name"]] = Role(r["name"], [
+                Permission(base64.b64decode(p["key"]), base64.b64decode(p["range_end"]), int(p["type"]))
+                for p in r["permissions"]])
+
+    def export_state(self) -> dict[str, Any]:
+        """The persisted state as plain data (what ``auth.json`` holds; snapshots carry it too)."""
         def b64(b: bytes) -> str:
             return base64.b64encode(b).decode()
 
-        state = {
+        return {
             "version": STATE_VERSION, "enabled": self.enabled, "revision": self.revision,
             "users": [{"name": u.name, "password": b64(u.password), "roles": u.roles, "no_password": u.no_password}
                       for u in self._users.values()],
@@ -141,25 +150,10 @@ class AuthStore(RequestChecks):
                 {"key": b64(p.key), "range_end": b64(p.range_end), "type": p.perm_type} for p in r.perms]}
                 for r in self._roles.values()],
         }
-        return json.dumps(state, indent=1).encode()
 
     def _save(self) -> None:
-        """Replace the state file atomically; it holds password hashes, so only the owner may read it."""
-        if self._path is None:
-            return
-        path = self._path
-        make_private_dir(path.parent)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
-        try:
-            os.write(fd, self._encode())
-            if self._fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        if self._fsync:
-            fsync_dir(path.parent)
+        if self._path is not None:
+            save_state_file(self._path, self.export_state(), self._fsync)
 
     @contextmanager
     def _change(self, commit_revision: bool = True) -> Iterator[None]:

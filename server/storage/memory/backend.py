@@ -6,9 +6,10 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from ... import errors
-from ..backend import DurableListener, KeyValue, LeaseAttacher, RangeResult, Recovered, WriteTxn
+from ..backend import DurableListener, KeySpaceCapture, KeyValue, LeaseAttacher, RangeResult, Recovered, WriteTxn
+from .capture import capture_key_bucket
 from .mvcc import MVCCStore
-from .snapshot import snapshot_revision, snapshot_size
+from .snapshot import snapshot_size
 from .writer import WAL, WALOptions
 
 R = TypeVar("R")
@@ -147,9 +148,11 @@ class MemoryBackend:
     async def defragment(self) -> None:
         await self._writer().snapshot()
 
-    async def snapshot(self) -> tuple[bytes, int]:
-        data = await self._writer().snapshot()
-        return data, snapshot_revision(data)
+    def capture_key_space(self) -> KeySpaceCapture:
+        store = self.store
+        return KeySpaceCapture(index=self.wal.index if self.wal is not None else 0,
+                               revision=store.current_revision, compact_revision=store.compact_main_revision,
+                               leases=dict(store.leases()), versions=capture_key_bucket(store))
 
     def hash_kv(self, rev: int) -> tuple[int, int]:
         return self.store.hash_kv(rev)

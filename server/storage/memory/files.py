@@ -139,7 +139,9 @@ class Segment:
 def check_data_dir(member_dir: Path) -> None:
     """Refuse a real etcd's data dir instead of writing next to its files."""
     if (member_dir / SNAP_DIR / "db").exists():
-        raise refuse(f"{member_dir} holds a real etcd's bbolt database (snap/db), which etcdlite cannot read")
+        data_dir = member_dir.parent
+        raise refuse(f"{member_dir} holds a real etcd's bbolt database (snap/db): import it into a new data dir "
+                     f"with `etcdlite snapshot restore {data_dir} --data-dir NEW_DIR` (etcd must be stopped)")
 
 
 def lock_data_dir(member_dir: Path) -> int:

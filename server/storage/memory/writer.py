@@ -4,7 +4,7 @@
 one ``write`` and one ``fdatasync`` (on the event loop's thread while syncs take under 2 ms, else in
 a one-thread executor so the loop keeps serving), then reports the last index durable.  Every
 ``snapshot_count`` entries, once the log outgrows the last snapshot (and at least 64 MiB), after a
-compaction, and on request (Defragment, Snapshot), the writer instead writes a snapshot of the
+compaction, and on request (Defragment), the writer instead writes a snapshot of the
 in-memory state -- which at that moment is exactly the effect of every entry appended so far --
 starts a new segment and deletes the old files.  A write or fsync error latches: the failing and all
 later writes are refused (UNAVAILABLE), reads keep serving what was durable, and a restart recovers
