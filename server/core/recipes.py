@@ -21,6 +21,7 @@ from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..pb.mvccpb import kv_pb2
 from ..pb.v3electionpb import v3election_pb2 as epb
 from .kv import to_pb
+from .ranges import EncodedResponse
 from .server import Core, Who
 from .watchers import StreamClosed, WatchResponse, WatchSpec, prefix_end
 
@@ -123,7 +124,8 @@ class LocalClient:
         return await self.core.txn(r, self._who)
 
     async def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
-        return await self.core.range(r, self._who)
+        resp = await self.core.range(r, self._who)
+        return resp.message() if isinstance(resp, EncodedResponse) else resp
 
     async def delete(self, key: bytes) -> pb.DeleteRangeResponse:
         return await self.core.delete_range(pb.DeleteRangeRequest(key=key), self._who)

@@ -31,6 +31,7 @@ from .compactor import Compactor, new_compactor
 from .kv import KVApplier
 from .lease import Lessor
 from .membership import Member, Membership
+from .ranges import EncodedResponse, ReadPins, read_in_parts, sliceable
 from .request_size import RaftSizeLimit
 from .watch import WatchHub
 
@@ -70,6 +71,7 @@ class Core:
         self._size_limit = RaftSizeLimit(config.max_request_bytes, self.member_id, self.auth)
         self._max_txn_ops = config.max_txn_ops
         self._recovered: Recovered | None = None
+        self._read_pins = ReadPins()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> Recovered:
@@ -171,11 +173,13 @@ class Core:
         return resp
 
     # -- KV --------------------------------------------------------------------------------------------
-    async def range(self, r: pb.RangeRequest, who: Who) -> pb.RangeResponse:
+    async def range(self, r: pb.RangeRequest, who: Who) -> pb.RangeResponse | EncodedResponse:
         kv.check_range(r)
         self.auth.check_range(who, r)
         if not r.serializable:
             await self.backend.read_index()
+        if sliceable(r):  # a range over many keys is read in parts, the loop free in between
+            return await read_in_parts(self.backend, self._read_pins, r, self.header())
         resp = self.kv.range(r)
         self.fill_header(resp.header)
         return resp
@@ -201,12 +205,14 @@ class Core:
         self.auth.check_token(who)  # etcd checks no permission for a compaction
         resp = pb.CompactionResponse()
         resp.header.revision = self.backend.current_revision
+        await self._read_pins.wait_below(r.revision)  # a range being read in parts finishes first
         await self.backend.compact(r.revision)
         self.fill_header(resp.header)
         return resp
 
     async def compact_to(self, revision: int) -> None:
         """The auto-compactor's compaction."""
+        await self._read_pins.wait_below(revision)
         await self.backend.compact(revision)
 
     # -- leases ----------------------------------------------------------------------------------------

@@ -177,6 +177,19 @@ class Backend(Protocol):
     def range(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, *,
               head: int | None = None, count_only: bool = False) -> RangeResult: ...
 
+    def read_revision(self, rev: int) -> tuple[int, int]:
+        """(the revision a read at ``rev`` serves (0: the head), the head) -- etcd's compacted and
+        future-revision errors if it cannot be served."""
+        ...
+
+    def range_chunk(self, key: bytes, end: bytes, rev: int, max_keys: int, want: int
+                    ) -> tuple[list[KeyValue], int, bytes | None]:
+        """Part of a range at ``rev`` (from ``read_revision``): the live versions among at most
+        ``max_keys`` keys from ``key`` on, below ``end`` (b"": no end), at most ``want`` (-1: all);
+        returns them, how many keys were live, and the key to go on from (None: done).  A large
+        range is read this way, a part at a time, so other requests are served in between."""
+        ...
+
     def changes_since(self, start_rev: int, upto: int) -> Iterator[tuple[int, list[KeyValue]]]:
         """(revision, versions written at it) for ``start_rev <= revision <= upto``, oldest first."""
         ...

@@ -22,6 +22,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
+from ..core.ranges import EncodedResponse
 from ..pb.etcdserverpb import rpc_pb2
 from ..pb.v3electionpb import v3election_pb2
 from ..pb.v3lockpb import v3lock_pb2
@@ -312,6 +313,8 @@ class Gateway:
             reply = await handler.unary_unary(request_or_refusal, context)
         except GatewayAbort as exc:
             return error_response(exc.code, exc.details)
+        if isinstance(reply, EncodedResponse):  # a large range, built as its wire encoding
+            reply = reply.message()
         return Response(200, jsonpb.encode_message(reply).encode(), list(_OK_HEADERS))
 
     def _refusal(self, size: int) -> BadRequest:

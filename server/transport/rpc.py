@@ -79,6 +79,12 @@ class BadRequest:
         self.message = message
 
 
+def _serialize(response: Any) -> bytes:
+    """A response message, or one core built as its encoding already (``core.ranges.EncodedResponse``)."""
+    data: bytes = response.SerializeToString()
+    return data
+
+
 def _deserializer(req_cls: Any, max_bytes: int, max_txn_ops: int) -> Callable[[bytes], Any]:
     """Parse a request, refusing what grpc-go refuses with grpc-go's words.
 
@@ -274,7 +280,6 @@ def generic_handler(service: ServiceDescriptor, impl: object | None, metrics: Gr
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
         req_cls = message_factory.GetMessageClass(method.input_type)
-        resp_cls = message_factory.GetMessageClass(method.output_type)
         full = f"{service.full_name}/{method.name}"
         short = f"{service.name}/{method.name}"
         fn = getattr(impl, _snake(method.name), None) if impl is not None else None
@@ -289,7 +294,7 @@ def generic_handler(service: ServiceDescriptor, impl: object | None, metrics: Gr
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"{full} handler must be async")
         kwargs = dict(request_deserializer=_deserializer(req_cls, max_receive_bytes, max_txn_ops),
-                      response_serializer=resp_cls.SerializeToString)
+                      response_serializer=_serialize)
         each = getattr(impl, _snake(method.name) + "_each", None) if impl is not None and cs and ss else None
         if each is not None:
             per_message = PerMessage(each, full, stats, faults, short)

@@ -73,6 +73,14 @@ class MemoryBackend:
               head: int | None = None, count_only: bool = False) -> RangeResult:
         return self.store.range(key, end, rev, limit, head=head, count_only=count_only)
 
+    def read_revision(self, rev: int) -> tuple[int, int]:
+        head = self.store.visible_revision
+        return self.store.check_revision(rev, head), head
+
+    def range_chunk(self, key: bytes, end: bytes, rev: int, max_keys: int, want: int
+                    ) -> tuple[list[KeyValue], int, bytes | None]:
+        return self.store.range_chunk(key, end, rev, max_keys, want)
+
     def changes_since(self, start_rev: int, upto: int) -> Iterator[tuple[int, list[KeyValue]]]:
         return self.store.changes_since(start_rev, upto)
 

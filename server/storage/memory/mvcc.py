@@ -197,11 +197,31 @@ class MVCCStore:
             return RangeResult([], 0, head)
         # the keys in [key, end) by position: a slice of the sorted list, ~15x cheaper than irange
         found = keys[keys.bisect_left(key):keys.bisect_left(end) if end else len(keys)]
+        want = 0 if count_only else (limit if limit > 0 else -1)  # versions still to collect; -1: all
+        kvs, count = self._live(found, rev, want)
+        return RangeResult(kvs, count, head)
+
+    def range_chunk(self, key: bytes, end: bytes, rev: int, max_keys: int, want: int
+                    ) -> tuple[list[KeyValue], int, bytes | None]:
+        """Part of a range at ``rev`` (already checked): the live versions among at most ``max_keys``
+        keys of the index from ``key`` on, below ``end`` (b"": no end), at most ``want`` of them (-1:
+        all); returns them, how many were live, and the key to go on from (None: the range is done)."""
+        keys = self._keys
+        start = keys.bisect_left(key)
+        stop = keys.bisect_left(end) if end else len(keys)
+        resume = None
+        if stop - start > max_keys:
+            stop = start + max_keys
+            resume = keys[stop]
+        kvs, count = self._live(keys[start:stop], rev, want)
+        return kvs, count, resume
+
+    def _live(self, found: list[bytes], rev: int, want: int) -> tuple[list[KeyValue], int]:
+        """The versions of ``found`` live at ``rev`` (at most ``want``; -1: all) and how many are live."""
         history = self._history
         at = self._at
         kvs: list[KeyValue] = []
         count = 0
-        want = 0 if count_only else (limit if limit > 0 else -1)  # versions still to collect; -1: all
         for k in found:
             versions = history[k]
             last = versions[-1]
@@ -217,7 +237,7 @@ class MVCCStore:
             if want:
                 kvs.append(kv)
                 want -= 1
-        return RangeResult(kvs, count, head)
+        return kvs, count
 
     def changes_since(self, start_rev: int, upto: int) -> Iterator[tuple[int, list[KeyValue]]]:
         """(revision, versions written at it) for start_rev <= revision <= upto, oldest first."""
