@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import TYPE_CHECKING
 
 from crc32c import crc32c
 
@@ -13,8 +14,9 @@ from ..version import CLUSTER_VERSION
 from ..version import SERVER_VERSION as ETCD_VERSION
 from .alarm import describe
 from .server import Core, Who
-from .snapshot import SnapshotFile
-from .snapshot import take as take_snapshot
+
+if TYPE_CHECKING:
+    from . import snapshot
 
 log = logging.getLogger("etcdlite.maintenance")
 
@@ -70,11 +72,13 @@ class Maintenance:
         log.info("finished defragment", extra={"fields": {"db-size-bytes": backend.size()}})
         return pb.DefragmentResponse()  # etcd answers without a header
 
-    async def snapshot(self, who: Who) -> SnapshotFile:
+    async def snapshot(self, who: Who) -> snapshot.SnapshotFile:
         """The database as etcd's bbolt file and the header that marks its point in time; the caller
         streams the file and closes it."""
         self._core.auth.check_maintenance_admin(who)
-        return await take_snapshot(self._core)
+        from .snapshot import take  # bbolt's writer, loaded by the first snapshot (idle RSS)
+
+        return await take(self._core)
 
     async def hash(self, request: pb.HashRequest, who: Who) -> pb.HashResponse:
         """etcd hashes its whole bbolt file; etcdlite hashes what it stores: every version and lease."""
