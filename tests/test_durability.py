@@ -29,7 +29,14 @@ from etcdlite.storage.backend import Entry, KeyValue
 from etcdlite.storage.memory.backend import MemoryBackend
 from etcdlite.storage.memory.files import DiskFaults, StorageError
 from etcdlite.storage.memory.mvcc import MVCCStore
-from etcdlite.storage.memory.records import decode_entry, encode_entry, encode_record, frame_record
+from etcdlite.storage.memory.records import (
+    SEG_HEAD,
+    decode_entry,
+    encode_entry,
+    encode_record,
+    frame_record,
+    scan_segment,
+)
 from etcdlite.storage.memory.snapshot import capture, decode_snapshot, encode_snapshot, restore_state, snapshot_size
 from etcdlite.storage.memory.writer import WAL
 from harness import ETCD_BIN, EtcdProcess, ServerStartError, etcdctl
@@ -295,35 +302,45 @@ def _recovered_revision(tmp_path: Path) -> int:
     return asyncio.run(scenario())
 
 
+def _log_end(seg: Path) -> int:
+    """Where the segment's records end (the space after them is allocated ahead, zeros)."""
+    return scan_segment(seg.read_bytes(), SEG_HEAD.size, int(seg.name.split(".")[0], 16)).valid_size
+
+
 def test_torn_tail_is_dropped_and_truncated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _write_some(tmp_path, 10)
     seg = wal_files(tmp_path)[0]
-    good = seg.stat().st_size
+    good = _log_end(seg)
+    assert seg.stat().st_size > good and not any(seg.read_bytes()[good:])  # log space allocated ahead
     record = frame_record(11, encode_entry(Entry(revision=12, changes=[KeyValue(b"x", b"y", 12, 12, 1, 0)])))
-    with open(seg, "ab") as f:
+    with open(seg, "r+b") as f:
+        f.seek(good)
         f.write(record[:-3])  # a group-commit write cut short by the crash
     with caplog.at_level(logging.WARNING, logger="etcdlite.wal"):
         assert _recovered_revision(tmp_path) == 11
     assert "dropping a torn record at the end of the wal" in caplog.text
-    assert seg.stat().st_size == good
+    assert _log_end(seg) == good and not any(seg.read_bytes()[good:])  # the torn bytes are gone
 
     # a complete last record with a bad checksum is a torn tail too
     data = bytearray(seg.read_bytes())
-    data[-1] ^= 0xFF
+    data[good - 1] ^= 0xFF
     seg.write_bytes(bytes(data))
     assert _recovered_revision(tmp_path) == 10
 
-    # as are zeros the file system left at the end
+    # zeros after the last record are the log's clean end, however many there are
+    caplog.clear()
     with open(seg, "ab") as f:
         f.write(bytes(100))
-    assert _recovered_revision(tmp_path) == 10
+    with caplog.at_level(logging.WARNING, logger="etcdlite.wal"):
+        assert _recovered_revision(tmp_path) == 10
+    assert "torn" not in caplog.text
 
 
 def test_corruption_before_the_tail_refuses_to_start(tmp_path: Path) -> None:
     _write_some(tmp_path, 10)
     seg = wal_files(tmp_path)[0]
     data = bytearray(seg.read_bytes())
-    data[len(data) // 2] ^= 0x01
+    data[_log_end(seg) // 2] ^= 0x01  # in the middle of the records
     seg.write_bytes(bytes(data))
     with pytest.raises(StorageError, match=r"is corrupt at offset \d+ \(.*\), before the end of the log"):
         _recovered_revision(tmp_path)
@@ -532,7 +549,7 @@ def test_mid_log_corruption_stops_startup_with_one_line(tmp_path: Path) -> None:
     srv.kill()
     seg = wal_files(tmp_path / "data")[0]
     data = bytearray(seg.read_bytes())
-    data[len(data) // 2] ^= 0x10
+    data[_log_end(seg) // 2] ^= 0x10  # in the middle of the records
     seg.write_bytes(bytes(data))
     with pytest.raises(ServerStartError, match="exited with 1"):
         srv.start()

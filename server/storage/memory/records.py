@@ -168,6 +168,8 @@ def scan_segment(data: bytes, start: int, first_index: int) -> SegmentScan:
             elif zlib.crc32(data[off + _REC.size:end]) != crc:
                 problem = "crc mismatch"
         if problem:
+            if data.count(0, off) == n - off:  # only zeros left: the space allocated ahead, the clean end
+                return SegmentScan(records, off)
             torn = not _followed_by_valid_record(data, off, expected)
             return SegmentScan(records, off, problem, torn)
         index, kind = _REC_BODY.unpack_from(data, off + _REC.size)

@@ -79,7 +79,7 @@ def _replay_segment(path: Path, first: int, expected: int, last: bool, store: MV
         if not (last and scan.torn_tail):
             raise refuse(f"wal segment {path} is corrupt at offset {scan.valid_size} ({scan.problem}), "
                           f"before the end of the log")
-        dropped = len(data) - scan.valid_size
+        dropped = max(len(data.rstrip(b"\0")) - scan.valid_size, 0)  # the space allocated ahead is no loss
         log.warning("dropping a torn record at the end of the wal",
                     extra={"fields": {"path": str(path), "offset": scan.valid_size, "dropped-bytes": dropped,
                                       "reason": scan.problem}})
