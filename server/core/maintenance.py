@@ -55,6 +55,7 @@ class Maintenance:
                 changed = alarms.deactivate(request.memberID, request.alarm)
             if changed is not None:
                 resp.alarms.append(changed)
+            await core.backend.wait_applied()  # a shared backend commits the change with its log
         core.fill_header(resp.header)
         return resp
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import errors
-from ..config import DEFAULT_QUOTA_BACKEND_BYTES, Config
+from ..config import DEFAULT_QUOTA_BACKEND_BYTES, Config, ConfigError
 from ..pb.etcdserverpb import rpc_pb2 as pb
-from ..storage.backend import Backend, KeyValue, Recovered, WriteTxn
-from . import kv
+from ..storage.backend import Backend, KeyValue, Recovered, SharedState, WriteTxn
+from . import alarm, kv, membership
 from .alarm import CORRUPT, NOSPACE, AlarmStore
+from .auth import store as auth_store
 from .auth.model import Credentials
 from .auth.store import AuthStore
 from .compactor import Compactor, new_compactor
@@ -53,6 +54,10 @@ class Core:
         self.lessor = Lessor(self.member_id)
         self.lessor.on_expired = self._revoke_expired
         backend.set_lease_attacher(self.lessor)
+        if backend.shares_leases:
+            self.lessor.local_expiry = False
+            backend.set_lease_revoker(self._revoke_expired)
+        backend.add_reset_listener(self._backend_reset)
         self.kv = KVApplier(backend, self.lessor)
         member_dir = Path(config.data_dir) / "member"
         local = Member(self.member_id, config.name, config.peer_urls, config.advertise_client_urls)
@@ -67,11 +72,17 @@ class Core:
         self._max_request_bytes = config.max_request_bytes
         self._max_txn_ops = config.max_txn_ops
         self._recovered: Recovered | None = None
+        self.on_removed: Callable[[], None] | None = None  # this member was removed: stop serving
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> Recovered:
         """Recover the state from the backend; nothing is served before this."""
         rec = self.backend.open()
+        if rec.cluster_id:
+            self.cluster_id = rec.cluster_id
+        shared = self.backend.shared_state
+        if shared is not None:
+            self._use_shared(shared)
         self.alarms.load()
         self.restore_leases()
         self._recovered = rec
@@ -85,6 +96,34 @@ class Core:
         """The lessor from the backend's leases and the keys attached to them."""
         backend = self.backend
         self.lessor.restore(backend.leases(), ((kv.key, kv.lease) for kv in backend.all_live() if kv.lease))
+
+    def _use_shared(self, shared: SharedState) -> None:
+        """Auth, alarms and added/removed members in the shared backend, as every instance sees them."""
+        self.alarms.use_shared(shared)
+        self.auth.use_shared(shared)
+        self.membership.use_shared(shared, lambda: [
+            Member(i.id, i.name, i.peer_urls, i.client_urls) for i in shared.instances()])
+        if self.membership.local_removed:
+            raise ConfigError(f"the member has been permanently removed from the cluster (member "
+                              f"{self.member_id:x}); start it with another --name and peer URLs")
+        shared.on_change(self._shared_changed)
+
+    def _shared_changed(self, name: str, data: bytes) -> None:
+        if name == auth_store.SHARED_NAME:
+            self.auth.replace_state(data)
+        elif name == alarm.SHARED_NAME:
+            self.alarms.replace(data)
+        elif name == membership.SHARED_NAME:
+            self.membership.replace(data)
+            if self.membership.local_removed and self.on_removed is not None:
+                log.error("the member has been permanently removed from the cluster",
+                          extra={"fields": {"local-member-id": f"{self.member_id:x}"}})
+                self.on_removed()
+
+    def _backend_reset(self) -> None:
+        """The backend rebuilt its state (a shared store's commit failed): the leases again."""
+        self.lessor.clear()
+        self.restore_leases()
 
     async def start(self) -> None:
         """Open (unless done), then start the backend's writer, the compactor, the reaper, the watch hub."""
@@ -245,6 +284,8 @@ class Core:
             if exc is not errors.LEASE_NOT_FOUND:
                 raise
             resp.TTL = 0
+        else:
+            self.backend.lease_renewed(r.ID, resp.TTL)
         return resp
 
     async def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest, who: Who) -> pb.LeaseTimeToLiveResponse:

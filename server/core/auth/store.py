@@ -48,6 +48,7 @@ from pathlib import Path
 from ... import errors
 from ...config import Config, ConfigError
 from ...pb.authpb import auth_pb2
+from ...storage.backend import SharedState
 from ...storage.fsutil import fsync_dir
 from .model import (
     AUTH_OLD_REVISION, DEFAULT_BCRYPT_COST, NO_PASSWORD_USER, PERMISSION_NOT_GIVEN, ROOT_ROLE, ROOT_USER, STATE_VERSION, STATE_FILE,
@@ -60,6 +61,7 @@ log = logging.getLogger("etcdlite.auth")
 
 
 # -- the store -------------------------------------------------------------------------------------
+SHARED_NAME = "auth"  # the state's name in a shared backend
 LeaseKeys = Callable[[int], Iterable[bytes] | None]  # a lease's attached keys; None when no such lease
 
 
@@ -85,6 +87,7 @@ class AuthStore(RequestChecks):
         self._roles: dict[str, Role] = {}
         self._perm_cache: dict[str, RangePerms] = {}
         self._dummy_hash: bytes | None = None
+        self._shared: SharedState | None = None
         if path is not None and path.exists():
             self._load(path)
         if self.enabled:
@@ -100,20 +103,42 @@ class AuthStore(RequestChecks):
     # -- persistence ----------------------------------------------------------------------------
     def _load(self, path: Path) -> None:
         try:
-            state = json.loads(path.read_bytes())
-            if state.get("version") != STATE_VERSION:
-                raise ValueError(f"unknown version {state.get('version')!r}")
-            self.enabled = bool(state["enabled"])
-            self.revision = int(state["revision"])
-            for u in state["users"]:
-                self._users[u["name"]] = User(u["name"], base64.b64decode(u["password"]), list(u["roles"]),
-                                              bool(u["no_password"]))
-            for r in state["roles"]:
-                self._roles[r["name"]] = Role(r["name"], [
-                    Permission(base64.b64decode(p["key"]), base64.b64decode(p["range_end"]), int(p["type"]))
-                    for p in r["permissions"]])
+            self._decode(path.read_bytes())
         except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise ConfigError(f"cannot load the auth state {path}: {exc}") from None
+
+    def _decode(self, data: bytes) -> None:
+        state = json.loads(data)
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unknown version {state.get('version')!r}")
+        users: dict[str, User] = {}
+        roles: dict[str, Role] = {}
+        for u in state["users"]:
+            users[u["name"]] = User(u["name"], base64.b64decode(u["password"]), list(u["roles"]),
+                                    bool(u["no_password"]))
+        for r in state["roles"]:
+            roles[r["name"]] = Role(r["name"], [
+                Permission(base64.b64decode(p["key"]), base64.b64decode(p["range_end"]), int(p["type"]))
+                for p in r["permissions"]])
+        self.enabled = bool(state["enabled"])
+        self.revision = int(state["revision"])
+        self._users, self._roles = users, roles
+
+    def use_shared(self, shared: SharedState) -> None:
+        """Keep the state in a shared backend (every instance sees it) instead of the file."""
+        self._shared = shared
+        data = shared.load(SHARED_NAME)
+        if data is not None:
+            self.replace_state(data)
+
+    def replace_state(self, data: bytes) -> None:
+        """The whole state as saved: another instance of a shared backend changed it."""
+        self._decode(data)
+        self._perm_cache.clear()
+        if self.enabled:
+            self._tokens.enable()
+        else:
+            self._tokens.disable()
 
     def _encode(self) -> bytes:
         def b64(b: bytes) -> str:
@@ -131,6 +156,9 @@ class AuthStore(RequestChecks):
 
     def _save(self) -> None:
         """Replace the state file atomically; it holds password hashes, so only the owner may read it."""
+        if self._shared is not None:
+            self._shared.save(SHARED_NAME, self._encode())
+            return
         if self._path is None:
             return
         path = self._path
