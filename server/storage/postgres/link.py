@@ -1,0 +1,82 @@
+"""One connection to the database that comes back by itself: opened on first use, dropped on error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import psycopg
+
+from .dsn import connect_kwargs, redacted
+
+log = logging.getLogger("etcdlite.postgres")
+
+RETRY_MIN_SECONDS = 0.05
+RETRY_MAX_SECONDS = 1.0
+
+
+class Link:
+    """``await link.get()`` is an open autocommit connection; ``drop()`` after an error closes it,
+    and the next ``get()`` reconnects, no sooner than the back-off allows."""
+
+    def __init__(self, url: str, purpose: str) -> None:
+        self._url = url
+        self.purpose = purpose
+        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self._retry_at = 0.0
+        self._backoff = RETRY_MIN_SECONDS
+        self.down_since: float | None = None  # monotonic time of the failure, while it lasts
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    async def get(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        delay = self._retry_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True,
+                                                         **connect_kwargs(f"etcdlite {self.purpose}"))
+        except psycopg.Error as exc:
+            self._failed(exc)
+            raise
+        if self.down_since is not None:
+            log.info("reconnected to the database", extra={"fields": {
+                "connection": self.purpose, "down-seconds": round(time.monotonic() - self.down_since, 3)}})
+        self._conn = conn
+        self._backoff = RETRY_MIN_SECONDS
+        self.down_since = None
+        return conn
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            log.warning("lost the database", extra={"fields": {
+                "connection": self.purpose, "url": redacted(self._url), "error": str(exc).strip()}})
+        self._retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, RETRY_MAX_SECONDS)
+
+    async def drop(self, exc: BaseException) -> None:
+        """The connection failed (or may be in an unknown state): close it; ``get`` reconnects."""
+        conn, self._conn = self._conn, None
+        self._failed(exc)
+        if conn is not None and not conn.closed:
+            await _close_quietly(conn)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await _close_quietly(conn)
+
+
+async def _close_quietly(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 1.0)
+    except Exception:  # noqa: BLE001 - it is being thrown away
+        pass
