@@ -212,9 +212,9 @@ class Core:
     # -- KV --------------------------------------------------------------------------------------------
     async def range(self, r: pb.RangeRequest, who: Who) -> pb.RangeResponse:
         kv.check_range(r)
+        if not r.serializable:  # as etcd: the read index first, so the permission check sees every
+            await self.backend.read_index()  # auth change committed before the read (a shared backend)
         self.auth.check_range(who, r)
-        if not r.serializable:
-            await self.backend.read_index()
         resp = self.kv.range(r)
         self.fill_header(resp.header)
         return resp
