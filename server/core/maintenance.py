@@ -32,7 +32,7 @@ class Maintenance:
         in_use = backend.size_in_use()
         resp = pb.StatusResponse(
             version=SERVER_VERSION, dbSize=size, dbSizeInUse=min(in_use, size) if size else in_use,
-            leader=core.member_id, raftIndex=index, raftTerm=core.raft_term, raftAppliedIndex=index,
+            leader=backend.leader_id or core.member_id, raftIndex=index, raftTerm=core.raft_term, raftAppliedIndex=index,
             isLearner=False)
         resp.errors.extend(describe(alarm) for alarm in core.alarms.get())
         failure = backend.failure

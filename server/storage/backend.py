@@ -289,6 +289,11 @@ class Backend(Protocol):
         """The latched storage failure, if writing broke."""
         ...
 
+    @property
+    def leader_id(self) -> int:
+        """The member that leads (a shared backend: the lease reaper); 0: this one."""
+        ...
+
     def size(self) -> int:
         """Bytes on disk (etcd's dbSize)."""
         ...

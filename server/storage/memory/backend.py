@@ -153,6 +153,10 @@ class MemoryBackend:
     def failure(self) -> errors.EtcdError | None:
         return self.wal.failure if self.wal is not None else None
 
+    @property
+    def leader_id(self) -> int:
+        return 0
+
     def size(self) -> int:
         return self.wal.disk_size() if self.wal is not None else 0
 

@@ -277,6 +277,7 @@ class LogApplier:
                 else:
                     polled = False
                     await self._catch_up(conn)
+                self.link.ok()
             except LogGap as gap:
                 log.info("the log was truncated past this instance; reloading", extra={"fields": {
                     "reason": str(gap)}})

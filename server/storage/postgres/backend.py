@@ -30,9 +30,9 @@ from ..memory.snapshot import snapshot_revision, snapshot_size
 from .applier import LogApplier
 from .dsn import connect_kwargs, redacted
 from .follower import Follower, ReadIndex
-from .keeper import Keeper, member_lock_key
+from .keeper import HEARTBEAT, Keeper, member_lock_key
 from .loader import Replay, load
-from .schema import MEMBER_LOCK_SPACE, ensure_cluster, migrate
+from .schema import MEMBER_LOCK_SPACE, ensure_cluster, migrate, to_signed
 
 log = logging.getLogger("etcdlite.postgres")
 
@@ -112,6 +112,9 @@ class PostgresBackend:
             row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()
             if row and row[0]:
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
+                local = self.local  # registered now: listed by the others from their next heartbeat
+                conn.execute(HEARTBEAT, (to_signed(local.id), local.name, ",".join(local.peer_urls),
+                                         ",".join(local.client_urls)))
                 return
             if time.monotonic() - started > 10.0:
                 raise BackendUnavailable(

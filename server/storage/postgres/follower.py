@@ -43,6 +43,7 @@ class Follower:
             try:
                 conn = await self.link.get()
                 await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                self.link.ok()
                 self._applier.announced(2**62)  # whatever was missed while not listening: catch up
                 while True:
                     async for note in conn.notifies(timeout=POLL_SECONDS):
@@ -88,14 +89,27 @@ class ReadIndex:
             while self._next is not None:
                 fut, self._next = self._next, None
                 try:
-                    head = await asyncio.wait_for(self._head(), REQUEST_TIMEOUT)
-                except (psycopg.Error, OSError, TimeoutError) as exc:
-                    await self.link.drop(exc)
+                    head = await asyncio.wait_for(self._head_retried(), REQUEST_TIMEOUT)
+                except (psycopg.Error, OSError, TimeoutError):
                     fut.set_exception(errors.NO_LEADER)
                     continue
                 fut.set_result(head)
         finally:
             self._querying = False
+
+    async def _head_retried(self) -> int:
+        """The head; a connection that broke while idle (a database restart) is replaced once."""
+        for attempt in range(2):
+            try:
+                head = await self._head()
+            except (psycopg.Error, OSError) as exc:
+                await self.link.drop(exc)
+                if attempt:
+                    raise
+                continue
+            self.link.ok()
+            return head
+        raise AssertionError("unreachable")
 
     async def _head(self) -> int:
         conn: psycopg.AsyncConnection[Any] = await self.link.get()

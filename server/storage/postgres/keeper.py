@@ -44,7 +44,7 @@ _FLUSH = ("UPDATE etcdlite_lease AS l SET expires_at = clock_timestamp() + v.s *
 _PULL = ("SELECT id, extract(epoch FROM expires_at - clock_timestamp())::float8, clock_timestamp() "
          "FROM etcdlite_lease WHERE renewed_at > %s::timestamptz - %s * interval '1 second'")
 _EXPIRED = "SELECT id FROM etcdlite_lease WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT 256"
-_HEARTBEAT = ("INSERT INTO etcdlite_member (id, name, peer_urls, client_urls, heartbeat) "
+HEARTBEAT = ("INSERT INTO etcdlite_member (id, name, peer_urls, client_urls, heartbeat) "
               "VALUES (%s, %s, %s, %s, clock_timestamp()) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
               "peer_urls = EXCLUDED.peer_urls, client_urls = EXCLUDED.client_urls, heartbeat = clock_timestamp()")
 _LIVE = ("SELECT id, name, peer_urls, client_urls FROM etcdlite_member "
@@ -97,6 +97,7 @@ class Keeper:
             try:
                 conn = await self.link.get()
                 await self._tick(conn)
+                self.link.ok()
             except (psycopg.Error, OSError) as exc:
                 self._lost()
                 await self.link.drop(exc)
@@ -194,7 +195,7 @@ class Keeper:
 
     async def _heartbeat(self, conn: psycopg.AsyncConnection[Any]) -> None:
         local = self._local
-        await conn.execute(_HEARTBEAT, (to_signed(local.id), local.name, ",".join(local.peer_urls),
+        await conn.execute(HEARTBEAT, (to_signed(local.id), local.name, ",".join(local.peer_urls),
                                         ",".join(local.client_urls)))
         rows = await (await conn.execute(_LIVE, (LIVE_SECONDS,))).fetchall()
         self.instances = [Instance(to_unsigned(int(i)), str(n), _urls(p), _urls(c)) for i, n, p, c in rows]

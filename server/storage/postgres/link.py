@@ -27,6 +27,7 @@ class Link:
         self._retry_at = 0.0
         self._backoff = RETRY_MIN_SECONDS
         self.down_since: float | None = None  # monotonic time of the failure, while it lasts
+        self._failures = 0  # drops since the last success
 
     @property
     def connected(self) -> bool:
@@ -63,11 +64,21 @@ class Link:
         self._backoff = min(self._backoff * 2, RETRY_MAX_SECONDS)
 
     async def drop(self, exc: BaseException) -> None:
-        """The connection failed (or may be in an unknown state): close it; ``get`` reconnects."""
+        """The connection failed (or may be in an unknown state): close it; ``get`` reconnects.
+
+        The first failure after a success is retried at once (a connection that broke while idle,
+        as after a database restart, says nothing of the database now); a repeated one backs off and
+        counts as the database being out of reach."""
         conn, self._conn = self._conn, None
-        self._failed(exc)
+        self._failures += 1
+        if self._failures > 1:
+            self._failed(exc)
         if conn is not None and not conn.closed:
             await _close_quietly(conn)
+
+    def ok(self) -> None:
+        """The last operation on the connection succeeded."""
+        self._failures = 0
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
