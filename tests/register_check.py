@@ -58,15 +58,18 @@ def _options(state: State, op: Op) -> list[State]:
     return nexts
 
 
-def check_key(ops: list[Op], initial: State = None, key: bytes = b"") -> Verdict:
-    """Is there an order of ``ops`` respecting real time in which every answer is the register's?"""
+def _search(ops: list[Op], initial: State) -> set[State]:
+    """Every state the register can end in after an order of ``ops`` respecting real time in which
+    every answer is the register's (empty: there is none)."""
     full = (1 << len(ops)) - 1
+    finals: set[State] = set()
     seen: set[tuple[int, State]] = set()
     stack: list[tuple[int, State]] = [(0, initial)]
     while stack:
         done, state = stack.pop()
         if done == full:
-            return Verdict(True, key)
+            finals.add(state)
+            continue
         if (done, state) in seen:
             continue
         seen.add((done, state))
@@ -76,7 +79,29 @@ def check_key(ops: list[Op], initial: State = None, key: bytes = b"") -> Verdict
             if ops[i].call <= first_return:  # nothing pending returned before it was called
                 for nxt in _options(state, ops[i]):
                     stack.append((done | 1 << i, nxt))
-    return Verdict(False, key)
+    return finals
+
+
+def _segments(ops: list[Op]) -> list[list[Op]]:
+    """The history cut where no operation spans the cut: each part is searched on its own."""
+    parts: list[list[Op]] = []
+    latest = float("-inf")
+    for op in sorted(ops, key=lambda o: o.call):
+        if not parts or op.call > latest:
+            parts.append([])
+        parts[-1].append(op)
+        latest = max(latest, op.ret)
+    return parts
+
+
+def check_key(ops: list[Op], initial: State = None, key: bytes = b"") -> Verdict:
+    """Is there an order of ``ops`` respecting real time in which every answer is the register's?"""
+    states: set[State] = {initial}
+    for part in _segments(ops):
+        states = {end for start in states for end in _search(part, start)}
+        if not states:
+            return Verdict(False, key)
+    return Verdict(True, key)
 
 
 def check(history: list[Op], initial: dict[bytes, State] | None = None) -> Verdict:
