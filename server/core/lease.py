@@ -98,10 +98,12 @@ class Lessor:
         self._leases.pop(lease_id, None)
 
     def extend(self, lease_id: int, remaining: float) -> None:
-        """Kept alive through another instance: it expires ``remaining`` seconds from now."""
+        """Kept alive through another instance: it expires ``remaining`` seconds from now (or later,
+        if a keep-alive here, not yet told to the others, said so)."""
         lease = self._leases.get(lease_id)
-        if lease is not None:
-            lease.expiry = self._clock() + remaining
+        expiry = self._clock() + remaining
+        if lease is not None and expiry > lease.expiry:
+            lease.expiry = expiry
             self._schedule(lease)
 
     def clear(self) -> None:

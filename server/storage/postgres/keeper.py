@@ -30,7 +30,8 @@ from .schema import MEMBER_LOCK_SPACE, REAPER_LOCK, to_signed, to_unsigned
 
 log = logging.getLogger("etcdlite.postgres")
 
-TICK_SECONDS = 0.1
+TICK_SECONDS = 0.1  # keep-alives flushed, expired leases looked for (by the reaper)
+PULL_SECONDS = 0.25  # other instances' keep-alives read back; the reaper lock tried by the others
 HEARTBEAT_SECONDS = 1.0
 LIVE_SECONDS = 5.0
 PULL_WINDOW_SECONDS = 2.0  # renewals are read back over this window (their transactions are short)
@@ -41,8 +42,9 @@ TABLES = ("etcdlite_log", "etcdlite_snapshot", "etcdlite_snapshot_chunk", "etcdl
 
 _FLUSH = ("UPDATE etcdlite_lease AS l SET expires_at = clock_timestamp() + v.s * interval '1 second', "
           "renewed_at = clock_timestamp() FROM unnest(%s::bigint[], %s::float8[]) AS v(i, s) WHERE l.id = v.i")
-_PULL = ("SELECT id, extract(epoch FROM expires_at - clock_timestamp())::float8, clock_timestamp() "
-         "FROM etcdlite_lease WHERE renewed_at > %s::timestamptz - %s * interval '1 second'")
+_PULL = ("SELECT clock_timestamp(), coalesce(array_agg(id), '{}'), "
+         "coalesce(array_agg(extract(epoch FROM expires_at - clock_timestamp())::float8), '{}') "
+         "FROM etcdlite_lease WHERE renewed_at > coalesce(%s::timestamptz, clock_timestamp()) - %s * interval '1 second'")
 _EXPIRED = "SELECT id FROM etcdlite_lease WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT 256"
 HEARTBEAT = ("INSERT INTO etcdlite_member (id, name, peer_urls, client_urls, heartbeat) "
               "VALUES (%s, %s, %s, %s, clock_timestamp()) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
@@ -67,6 +69,8 @@ class Keeper:
         self.instances: list[Instance] = [local]
         self.size = 0
         self._next_heartbeat = 0.0
+        self._next_pull = 0.0
+        self._member_lock_warned = False
         self._next_size = 0.0
         self._task = OwnedTask("postgres-keeper", self._run)
 
@@ -115,9 +119,11 @@ class Keeper:
         if not self._member_locked:
             self._member_locked = await self._lock_member(conn)
         await self._flush(conn)
-        await self._pull(conn)
-        if not self.leader:
-            await self._try_lead(conn)
+        if now >= self._next_pull:  # other instances' keep-alives, and the reaper lock if it is free
+            self._next_pull = now + PULL_SECONDS
+            await self._pull(conn)
+            if not self.leader:
+                await self._try_lead(conn)
         if self.leader:
             await self._reap(conn)
         if now >= self._next_heartbeat:
@@ -144,23 +150,18 @@ class Keeper:
             raise
 
     async def _pull(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The renewals committed since the last pull (over a window: their transactions are short)."""
         since = self._pulled_at
-        if since is None:
-            row = await (await conn.execute("SELECT clock_timestamp()")).fetchone()
-            self._pulled_at = row[0] if row else None
+        row = await (await conn.execute(_PULL, (since, PULL_WINDOW_SECONDS))).fetchone()
+        if row is None:
             return
-        rows = await (await conn.execute(_PULL, (since, PULL_WINDOW_SECONDS))).fetchall()
+        clock, ids, remaining = row
+        self._pulled_at = clock
         attacher = self.attacher
-        latest = since
-        for lease_id, remaining, clock in rows:
-            latest = max(latest, clock)
-            if attacher is not None:
-                attacher.extend(int(lease_id), float(remaining))
-        if rows:
-            self._pulled_at = latest
-        else:
-            row = await (await conn.execute("SELECT clock_timestamp()")).fetchone()
-            self._pulled_at = row[0] if row else since
+        if since is None or attacher is None:
+            return
+        for lease_id, seconds in zip(ids, remaining):
+            attacher.extend(int(lease_id), float(seconds))
 
     async def _try_lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
         row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (REAPER_LOCK,))).fetchone()
@@ -188,8 +189,10 @@ class Keeper:
         row = await (await conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
                                         (MEMBER_LOCK_SPACE, member_lock_key(self._local.id)))).fetchone()
         if not (row and row[0]):
-            log.error("another instance serves as this member; give each instance its own --name and peer URLs",
-                      extra={"fields": {"member-id": f"{self._local.id:x}"}})
+            if not self._member_lock_warned:
+                log.error("another instance serves as this member; give each instance its own --name and peer URLs",
+                          extra={"fields": {"member-id": f"{self._local.id:x}"}})
+                self._member_lock_warned = True
             return False
         return True
 
