@@ -68,5 +68,7 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 # etcd and etcdlite side by side under etcd's own benchmark tool (see bench/run.py)
-bench: $(STAMP)
+bench: $(STAMP) postgres
 	$(BIN)/python bench/run.py --out bench/results.md
+	$(BIN)/python bench/run.py --etcdlite-backend postgres --skip-keys \
+		--only put,range,txn-put,lease-keepalive,watch-latency --out bench/results-postgres.md

@@ -51,7 +51,8 @@ def _run_as() -> list[str]:
 
 
 class PgCluster:
-    def __init__(self, base: Path, port: int, bin_dir: Path) -> None:
+    def __init__(self, base: Path, port: int, bin_dir: Path, durable: bool = False) -> None:
+        self.durable = durable
         self.base = base
         self.port = port
         self.bin = bin_dir
@@ -61,12 +62,13 @@ class PgCluster:
         self._as = _run_as()
 
     @classmethod
-    def start(cls) -> PgCluster:
+    def start(cls, durable: bool = False) -> PgCluster:
+        """``durable``: fsync on, as a production database (benchmarks); off for tests."""
         bin_dir = pg_bin_dir()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL is not installed (apt-get install -y postgresql)")
         base = Path(tempfile.mkdtemp(prefix="etcdlite-pg-"))
-        cluster = cls(base, free_port(), bin_dir)
+        cluster = cls(base, free_port(), bin_dir, durable)
         if cluster._as:
             shutil.chown(base, PG_USER)
         cluster._pg("initdb", "-D", str(cluster.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
@@ -78,8 +80,9 @@ class PgCluster:
                               cwd=self.base)
 
     def up(self) -> None:
-        options = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   f"-c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB")
+        sync = "" if self.durable else "-c fsync=off -c full_page_writes=off "
+        options = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 {sync}"
+                   f"-c max_connections=300 -c shared_buffers=64MB")
         self._pg("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "-t", "60", "start")
 
     def down(self, immediate: bool = False) -> None:

@@ -48,10 +48,15 @@ REQUEST_TIMEOUT = 7.0  # etcd's: 5 s + 2 election timeouts; then "request timed 
 SNAPSHOT_CHUNK = 4 * 1024 * 1024
 UNAVAILABLE = (errors.NO_LEADER, errors.TIMEOUT)
 
-_CATCH_UP = "SELECT idx, kind, entry FROM etcdlite_log WHERE idx > %s ORDER BY idx LIMIT %s"
+# the log after an index, behind one row (idx -1) that holds the newest snapshot's index
+_CATCH_UP = ("SELECT -1::bigint, 0::smallint, NULL::bytea, coalesce(max(idx), 0) FROM etcdlite_snapshot "
+             "UNION ALL (SELECT idx, kind, entry, 0 FROM etcdlite_log WHERE idx > %s ORDER BY idx LIMIT %s) "
+             "ORDER BY 1")
 _SNAPSHOT_INDEX = "SELECT coalesce(max(idx), 0) FROM etcdlite_snapshot"
-_APPEND = ("INSERT INTO etcdlite_log (idx, kind, entry, batch) "
-           "SELECT i, k, e, %s FROM unnest(%s::bigint[], %s::smallint[], %s::bytea[]) AS r(i, k, e)")
+# the rows and the notification in one statement
+_APPEND = ("WITH appended AS (INSERT INTO etcdlite_log (idx, kind, entry, batch) "
+           "SELECT i, k, e, %s FROM unnest(%s::bigint[], %s::smallint[], %s::bytea[]) AS r(i, k, e)) "
+           "SELECT pg_notify(%s, %s)")
 _GRANT = ("INSERT INTO etcdlite_lease (id, ttl, expires_at) "
           "SELECT i, t, clock_timestamp() + t * interval '1 second' FROM unnest(%s::bigint[], %s::bigint[]) AS g(i, t) "
           "ON CONFLICT (id) DO UPDATE SET ttl = EXCLUDED.ttl, expires_at = EXCLUDED.expires_at, "
@@ -130,6 +135,7 @@ class LogApplier:
         self._batch: Batch | None = None
         self._uncertain: tuple[Batch, list[Pending]] | None = None
         self._wanted = 0  # an index announced or asked for that is not applied yet
+        self._catch_up_asked = False
         self._wakeup = asyncio.Event()
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
@@ -193,6 +199,11 @@ class LogApplier:
         heapq.heappush(self._applied_waiters, (index, next(self._waiter_ids), fut))
         await fut
 
+    def catch_up_soon(self) -> None:
+        """Catch up once, whatever the log's head (notifications may have been missed)."""
+        self._catch_up_asked = True
+        self._wakeup.set()
+
     def announced(self, index: int) -> None:
         """Another instance committed up to ``index`` (a notification)."""
         if index > self.index:
@@ -251,15 +262,17 @@ class LogApplier:
         return not self._queue and self._uncertain is None and not self._snapshot_requests
 
     async def _run(self) -> None:
-        polled = True
+        poll_due = True  # catch up at once, then whenever a poll interval passed without news
         while True:
             if self._closing and self._idle():
                 return
-            if self._idle() and self._wanted <= self.index and not polled:
+            if self._catch_up_asked:
+                self._catch_up_asked, poll_due = False, True
+            if self._idle() and self._wanted <= self.index and not poll_due:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
                 except TimeoutError:
-                    polled = True
+                    poll_due = True
                 self._wakeup.clear()
                 continue
             try:
@@ -271,12 +284,13 @@ class LogApplier:
                 if self._uncertain is not None:
                     await self._reconcile(conn)
                 elif self._queue:
-                    await self._commit(conn)
+                    await self._commit(conn)  # which catches up first
+                    poll_due = False
                 elif self._snapshot_requests or self._snapshot_due():
                     await self._write_snapshot(conn)
                 else:
-                    polled = False
                     await self._catch_up(conn)
+                    poll_due = False
                 self.link.ok()
             except LogGap as gap:
                 log.info("the log was truncated past this instance; reloading", extra={"fields": {
@@ -285,6 +299,10 @@ class LogApplier:
                 await self._rebuild()
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 await self.link.drop(exc)
+            except Exception as exc:  # a bug: log it, and recover as from a failed commit
+                log.exception("the log applier failed; reconnecting")
+                await self.link.drop(exc)
+                await asyncio.sleep(POLL_SECONDS)
 
     def _fail_queued(self, error: errors.EtcdError) -> None:
         queue, self._queue = self._queue, []
@@ -307,7 +325,7 @@ class LogApplier:
                          f"{rows[0][0] if rows else 'snapshot ' + str(snapshot_index)}")
         store = self.store
         old = store.visible_revision
-        for idx, kind, payload in rows:
+        for idx, kind, payload, *_ in rows:
             if kind == KIND_ENTRY:
                 apply_committed(store, self.attacher, decode_entry(bytes(payload)))
             elif kind == KIND_STATE:
@@ -329,13 +347,9 @@ class LogApplier:
 
     async def _catch_up(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
-            async with conn.pipeline():
-                rows_cur = await conn.execute(_CATCH_UP, (self.index, FETCH_ROWS), binary=True)
-                snap_cur = await conn.execute(_SNAPSHOT_INDEX)
-            rows = await rows_cur.fetchall()
-            snap = await snap_cur.fetchone()
-            self._apply_rows(rows, int(snap[0]) if snap else 0)
-            if len(rows) < FETCH_ROWS:
+            rows = await (await conn.execute(_CATCH_UP, (self.index, FETCH_ROWS), binary=True)).fetchall()
+            self._apply_rows(rows[1:], int(rows[0][3]))
+            if len(rows) - 1 < FETCH_ROWS:
                 return
 
     # -- writing -------------------------------------------------------------------------------------------
@@ -350,12 +364,11 @@ class LogApplier:
             async with conn.pipeline() as pipe:
                 await conn.execute("BEGIN")
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+                # a statement of its own, after the lock: its snapshot sees every commit before ours
                 rows_cur = await conn.execute(_CATCH_UP, (self.index, 2**62), binary=True)
-                snap_cur = await conn.execute(_SNAPSHOT_INDEX)
                 await pipe.sync()
                 rows = await rows_cur.fetchall()
-                snap = await snap_cur.fetchone()
-                self._apply_rows(rows, int(snap[0]) if snap else 0)
+                self._apply_rows(rows[1:], int(rows[0][3]))
                 batch.first = self.index + 1
                 self._batch = batch
                 ran = True
@@ -381,14 +394,14 @@ class LogApplier:
 
     async def _append(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
         rows = batch.rows
-        await conn.execute(_APPEND, (batch.token, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
+        await conn.execute(_APPEND, (batch.token, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                                     NOTIFY_CHANNEL, str(batch.last)))
         if batch.grants:
             await conn.execute(_GRANT, ([g[0] for g in batch.grants], [g[1] for g in batch.grants]))
         if batch.revokes:
             await conn.execute(_REVOKE, (batch.revokes,))
         for name, (idx, data) in batch.documents.items():
             await conn.execute(_DOCUMENT, (name, idx, data))
-        await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(batch.last)))
 
     def _committed(self, batch: Batch, pending: list[Pending]) -> None:
         self.batches += 1

@@ -44,7 +44,7 @@ class Follower:
                 conn = await self.link.get()
                 await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 self.link.ok()
-                self._applier.announced(2**62)  # whatever was missed while not listening: catch up
+                self._applier.catch_up_soon()  # whatever was missed while not listening
                 while True:
                     async for note in conn.notifies(timeout=POLL_SECONDS):
                         self._announce(note.payload)
