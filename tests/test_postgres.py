@@ -248,6 +248,21 @@ def test_a_lease_id_granted_on_one_instance_exists_on_all(pg_cluster: Any, tmp_p
     run_instances(pg_cluster, tmp_path, 2, scenario)
 
 
+def test_a_lease_revoked_and_granted_again_in_one_commit_still_expires(pg_cluster: Any, tmp_path: Path) -> None:
+    async def scenario(cores: list[Core]) -> None:
+        a, b = cores
+        await a.lease_grant(pb.LeaseGrantRequest(ID=88, TTL=600), None)
+        # queued together, committed in one batch: the expiry row must follow the last of them
+        await asyncio.gather(a.lease_revoke(pb.LeaseRevokeRequest(ID=88), None),
+                             a.lease_grant(pb.LeaseGrantRequest(ID=88, TTL=2), None))
+        await a.put(put(b"again", lease=88), None)
+
+        async def gone() -> bool:
+            return not (await get(b, b"again")).kvs
+        await eventually(gone, timeout=5)
+    run_instances(pg_cluster, tmp_path, 2, scenario)
+
+
 # -- auth, alarms, members ------------------------------------------------------------------------------------
 
 def test_auth_and_alarms_are_shared(pg_cluster: Any, tmp_path: Path) -> None:

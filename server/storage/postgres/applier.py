@@ -102,8 +102,7 @@ class Batch:
     token: int
     first: int  # the index its first row gets
     rows: list[Row] = field(default_factory=list)
-    grants: list[tuple[int, int]] = field(default_factory=list)
-    revokes: list[int] = field(default_factory=list)
+    leases: dict[int, int | None] = field(default_factory=dict)  # lease id -> TTL granted, None: revoked (last wins)
     documents: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     compacted: bool = False
 
@@ -225,8 +224,10 @@ class LogApplier:
             raise errors.NO_LEADER
         idx = batch.first + len(batch.rows)
         batch.rows.append((idx, KIND_ENTRY, encode_entry(entry)))
-        batch.grants.extend(entry.lease_grants)
-        batch.revokes.extend(entry.lease_revokes)
+        for lease_id, ttl in entry.lease_grants:
+            batch.leases[lease_id] = ttl
+        for lease_id in entry.lease_revokes:
+            batch.leases[lease_id] = None
         batch.compacted |= bool(entry.compact_revision)
         return idx
 
@@ -396,10 +397,12 @@ class LogApplier:
         rows = batch.rows
         await conn.execute(_APPEND, (batch.token, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
                                      NOTIFY_CHANNEL, str(batch.last)))
-        if batch.grants:
-            await conn.execute(_GRANT, ([g[0] for g in batch.grants], [g[1] for g in batch.grants]))
-        if batch.revokes:
-            await conn.execute(_REVOKE, (batch.revokes,))
+        grants = [(lease_id, ttl) for lease_id, ttl in batch.leases.items() if ttl is not None]
+        revokes = [lease_id for lease_id, ttl in batch.leases.items() if ttl is None]
+        if grants:
+            await conn.execute(_GRANT, ([g[0] for g in grants], [g[1] for g in grants]))
+        if revokes:
+            await conn.execute(_REVOKE, (revokes,))
         for name, (idx, data) in batch.documents.items():
             await conn.execute(_DOCUMENT, (name, idx, data))
 

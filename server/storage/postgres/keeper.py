@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from ... import errors
 from ...lifecycle import OwnedTask
 from ..backend import Instance, LeaseAttacher
 from .link import Link
@@ -180,7 +181,10 @@ class Keeper:
             if asked is not None and now - asked < REVOKE_RETRY_SECONDS:
                 continue
             self._revoking[lease_id] = now
-            self.revoke(int(lease_id))
+            try:
+                self.revoke(int(lease_id))
+            except errors.EtcdError:  # the log cannot take it now (the database is out of reach): next time
+                pass
         if len(self._revoking) > 4096:
             self._revoking = {i: t for i, t in self._revoking.items() if now - t < REVOKE_RETRY_SECONDS}
 
