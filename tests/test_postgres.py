@@ -26,7 +26,10 @@ from etcdlite.storage.memory.backend import MemoryBackend
 
 psycopg = pytest.importorskip("psycopg")
 
+from etcdlite.storage.postgres import applier as applier_module  # noqa: E402
 from etcdlite.storage.postgres.backend import PostgresBackend  # noqa: E402
+
+POLL_SECONDS_BEFORE = applier_module.POLL_SECONDS + 0.1
 
 
 def instance_config(tmp: Path, n: int, **cfg: Any) -> Config:
@@ -285,6 +288,42 @@ def test_auth_and_alarms_are_shared(pg_cluster: Any, tmp_path: Path) -> None:
                                                    alarm=pb.NOSPACE), Credentials(token=token))
         await a.range(pb.RangeRequest(key=b"k"), Credentials(token=await a.auth.authenticate("root", "pw")))
         assert [(m.memberID, m.alarm) for m in a.alarms.get()] == [(5, pb.NOSPACE)]
+    run_instances(pg_cluster, tmp_path, 2, scenario, bcrypt_cost=4)
+
+
+def test_a_write_is_checked_against_auth_changes_committed_elsewhere(pg_cluster: Any, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """As etcd checks permissions when it applies a write: a permission revoked through b refuses a
+    write sent to a right after, even before a has heard of the change."""
+    async def scenario(cores: list[Core]) -> None:
+        from etcdlite.core.auth.admin import AuthAdmin
+        from etcdlite.core.auth.model import AUTH_OLD_REVISION, Credentials
+        from etcdlite.pb.authpb import auth_pb2
+
+        a, b = cores
+        admin = AuthAdmin(b)
+        for request in (pb.AuthUserAddRequest(name="root", password="pw"), pb.AuthUserAddRequest(name="u", password="pw")):
+            await admin.user_add(request, None)
+        await admin.user_grant_role(pb.AuthUserGrantRoleRequest(user="root", role="root"), None)
+        await admin.role_add(pb.AuthRoleAddRequest(name="r"), None)
+        perm = auth_pb2.Permission(permType=auth_pb2.Permission.READWRITE, key=b"a", range_end=b"b")
+        await admin.role_grant_permission(pb.AuthRoleGrantPermissionRequest(name="r", perm=perm), None)
+        await admin.user_grant_role(pb.AuthUserGrantRoleRequest(user="u", role="r"), None)
+        await admin.auth_enable(pb.AuthEnableRequest(), None)
+        user = Credentials(token=(await AuthAdmin(a).authenticate(pb.AuthenticateRequest(name="u", password="pw"),
+                                                                  None)).token)
+        await a.put(put(b"a1"), user)
+        root = Credentials(token=await b.auth.authenticate("root", "pw"))
+        # a hears of nothing more until it writes (then it catches up under the log's lock)
+        monkeypatch.setattr(applier_module, "POLL_SECONDS", 60.0)
+        monkeypatch.setattr(a.backend._applier, "announced", lambda index: None)  # type: ignore[attr-defined]
+        await asyncio.sleep(POLL_SECONDS_BEFORE)  # a's applier is back in its (now long) wait
+        await admin.role_revoke_permission(pb.AuthRoleRevokePermissionRequest(role="r", key=b"a", range_end=b"b"), root)
+        assert a.auth.status()[1] < b.auth.status()[1]  # a has not applied the change yet
+        with pytest.raises(errors.EtcdError) as raised:
+            await a.put(put(b"a2"), user)
+        assert raised.value in (errors.PERMISSION_DENIED, AUTH_OLD_REVISION)
+        assert not (await b.range(pb.RangeRequest(key=b"a2"), root)).kvs
     run_instances(pg_cluster, tmp_path, 2, scenario, bcrypt_cost=4)
 
 

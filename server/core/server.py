@@ -72,6 +72,7 @@ class Core:
         self._max_request_bytes = config.max_request_bytes
         self._max_txn_ops = config.max_txn_ops
         self._recovered: Recovered | None = None
+        self._shared = backend.shared_state is not None  # other instances write the same store
         self.on_removed: Callable[[], None] | None = None  # this member was removed: stop serving
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -199,12 +200,22 @@ class Core:
             raise errors.NO_SPACE
 
     async def _write(self, request: Any, apply: Callable[[WriteTxn], R], *, sized: bool = True,
-                     needs_space: bool = False) -> R:
-        """Size, quota, apply, wait durable, header: the rest of every write's pipeline."""
+                     needs_space: bool = False, permitted: Callable[[], None] | None = None) -> R:
+        """Size, quota, apply, wait durable, header: the rest of every write's pipeline.
+
+        ``permitted`` (the request's permission check) runs again when the write is applied if other
+        instances share the store: an auth change one of them committed may have arrived meanwhile,
+        and etcd checks permissions when it applies a write."""
         if sized:
             self._check_size(request)
         if needs_space:
             self.check_space()
+        if permitted is not None and self._shared:
+            checked = apply
+
+            def apply(txn: WriteTxn) -> R:
+                permitted()
+                return checked(txn)
         resp = await self.backend.write(apply)
         self.fill_header(resp.header)  # type: ignore[attr-defined]
         return resp
@@ -222,19 +233,21 @@ class Core:
     async def put(self, r: pb.PutRequest, who: Who) -> pb.PutResponse:
         kv.check_put(r)
         self.auth.check_put(who, r)
-        return await self._write(r, lambda txn: self.kv.put(txn, r), needs_space=True)
+        return await self._write(r, lambda txn: self.kv.put(txn, r), needs_space=True,
+                                 permitted=lambda: self.auth.check_put(who, r))
 
     async def delete_range(self, r: pb.DeleteRangeRequest, who: Who) -> pb.DeleteRangeResponse:
         kv.check_delete(r)
         self.auth.check_delete_range(who, r)
-        return await self._write(r, lambda txn: self.kv.delete_range(txn, r))
+        return await self._write(r, lambda txn: self.kv.delete_range(txn, r),
+                                 permitted=lambda: self.auth.check_delete_range(who, r))
 
     async def txn(self, r: pb.TxnRequest, who: Who) -> pb.TxnResponse:
         kv.check_txn(r, self._max_txn_ops)
         self.auth.check_txn(who, r)
         # etcd serves read-only txns without raft, so their size is not checked
         return await self._write(r, lambda txn: self.kv.txn(txn, r), sized=not kv.is_read_only(r),
-                                 needs_space=kv.has_put(r))
+                                 needs_space=kv.has_put(r), permitted=lambda: self.auth.check_txn(who, r))
 
     async def compact(self, r: pb.CompactionRequest, who: Who) -> pb.CompactionResponse:
         self.auth.check_token(who)  # etcd checks no permission for a compaction

@@ -50,6 +50,9 @@ class AuthAdmin:
         return await self._header(pb.AuthStatusResponse(enabled=enabled, authRevision=revision))
 
     async def authenticate(self, request: pb.AuthenticateRequest, who: Who) -> pb.AuthenticateResponse:
+        # etcd orders an Authenticate after every change before it (it goes through raft): with a
+        # shared backend, the auth changes other instances committed are applied here first
+        await self._core.backend.read_index()
         token = await self._auth.authenticate(request.name, request.password)
         return await self._header(pb.AuthenticateResponse(token=token))
 
