@@ -166,6 +166,87 @@ def test_errors_are_decided_at_the_global_head(pg_cluster: Any, tmp_path: Path) 
     run_instances(pg_cluster, tmp_path, 2, scenario)
 
 
+def test_a_commit_whose_connection_dies_is_reconciled(pg_cluster: Any, tmp_path: Path) -> None:
+    """The writer's database connection is killed again and again while writes are in flight: each
+    write is acknowledged only if committed, refused with etcd's UNAVAILABLE errors otherwise ("no
+    leader": certainly not committed), and the instances end with one state."""
+    url = pg_cluster.new_database()
+
+    async def scenario(cores: list[Core]) -> None:
+        a, b = cores
+        acked: list[bytes] = []
+        refused: list[bytes] = []
+        unknown: list[bytes] = []
+
+        async def writer(w: int) -> None:
+            for i in range(60):
+                key = b"c/%d/%d" % (w, i)
+                try:
+                    await a.put(put(key), None)
+                    acked.append(key)
+                except errors.EtcdError as exc:
+                    assert exc in (errors.NO_LEADER, errors.TIMEOUT), exc
+                    (refused if exc is errors.NO_LEADER else unknown).append(key)
+                    await asyncio.sleep(0.05)
+
+        async def killer() -> int:
+            kills = 0
+            for _ in range(25):
+                await asyncio.sleep(random.uniform(0.01, 0.08))
+                out = await asyncio.to_thread(pg_cluster.psql, "SELECT count(pg_terminate_backend(pid)) FROM "
+                                              "pg_stat_activity WHERE application_name = 'etcdlite node0 log writer'",
+                                              url.rsplit("/", 1)[1])
+                kills += int(out or 0)
+            return kills
+
+        *_, kills = await asyncio.gather(*(writer(w) for w in range(3)), killer())
+        assert kills > 0 and acked
+        await b.put(put(b"end"), None)
+        for core in cores:
+            found = {kv.key for kv in (await core.range(pb.RangeRequest(key=b"c/", range_end=b"c0"), None)).kvs}
+            assert set(acked) <= found  # every acknowledged write is there
+            assert not set(refused) & found  # "no leader": it was not committed
+        head = (await get(a, b"end")).header.revision
+        assert a.backend.hash_kv(head) == b.backend.hash_kv(head)
+        assert [rev for rev, _ in b.backend.changes_since(2, head)] == list(range(2, head + 1))
+
+    async def main() -> None:
+        cores = await start_instances(url, tmp_path, 2)
+        try:
+            await scenario(cores)
+        finally:
+            await stop_all(cores)
+    asyncio.run(main())
+
+
+def test_a_commit_whose_answer_was_lost_is_found_committed(pg_cluster: Any, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """COMMIT succeeded but its answer never arrived: the writer looks for its batch in the log once
+    reconnected, finds it, and is answered with success (not an error for a write that happened)."""
+    original = psycopg.AsyncPipeline.sync
+    armed = {"syncs": -1}
+
+    async def losing_sync(self: Any) -> None:
+        await original(self)
+        if armed["syncs"] >= 0:
+            armed["syncs"] += 1
+            if armed["syncs"] == 2:  # a commit's second round trip: the COMMIT went through
+                armed["syncs"] = -1
+                raise psycopg.OperationalError("the answer was lost")
+
+    async def scenario(cores: list[Core]) -> None:
+        a, b = cores
+        await a.put(put(b"before"), None)
+        monkeypatch.setattr(psycopg.AsyncPipeline, "sync", losing_sync)
+        armed["syncs"] = 0
+        resp = await a.put(put(b"lost", b"answer"), None)
+        assert armed["syncs"] == -1  # the answer was lost indeed
+        assert resp.header.revision == 3
+        assert (await get(b, b"lost")).kvs[0].value == b"answer"
+        assert (await get(a, b"lost")).kvs[0].mod_revision == 3
+    run_instances(pg_cluster, tmp_path, 2, scenario)
+
+
 # -- watch -------------------------------------------------------------------------------------------------
 
 def test_watchers_on_every_instance_see_the_same_events_with_prev_kv(pg_cluster: Any, tmp_path: Path) -> None:

@@ -114,7 +114,8 @@ class Batch:
 class LogApplier:
     """The journal (``mvcc.Journal``) of the instance's store, over the shared log."""
 
-    def __init__(self, url: str, replay: Replay, load: Callable[[], Replay], snapshot_count: int) -> None:
+    def __init__(self, url: str, replay: Replay, load: Callable[[], Replay], snapshot_count: int,
+                 instance: str = "") -> None:
         self.store = replay.store
         self.index = replay.index  # the last log index applied here
         self.snapshot_index = replay.snapshot_index  # the newest snapshot the database holds, as last seen
@@ -126,7 +127,7 @@ class LogApplier:
         self.document_listeners: list[Callable[[str, bytes], None]] = []
         self.reset_listeners: list[Callable[[], None]] = []
         self.is_leader: Callable[[], bool] = lambda: False  # the reaper-lock holder takes periodic snapshots
-        self.link = Link(url, "log writer")
+        self.link = Link(url, "log writer", instance)
         self._load = load
         self._snapshot_count = snapshot_count
         self._queue: list[Pending] = []

@@ -78,7 +78,8 @@ class PostgresBackend:
             replay = load(conn)
         finally:
             conn.close()
-        applier = LogApplier(self._url, replay, self._load, self._config.snapshot_count or 100_000)
+        name = self._config.name
+        applier = LogApplier(self._url, replay, self._load, self._config.snapshot_count or 100_000, name)
         applier.attacher = self._attacher
         applier.is_leader = lambda: self.keeper.leader
         for listener in self._durable:
@@ -86,8 +87,8 @@ class PostgresBackend:
         applier.reset_listeners.extend(self._resets)
         self._applier = applier
         applier._install(applier.store)
-        self._follower = Follower(self._url, applier)
-        self._reads = ReadIndex(self._url, applier)
+        self._follower = Follower(self._url, applier, name)
+        self._reads = ReadIndex(self._url, applier, name)
         return Recovered(index=replay.index, revision=replay.store.current_revision,
                          replayed=replay.index - replay.snapshot_index,
                          source=f"{redacted(self._url)} (snapshot {replay.snapshot_index})", cluster_id=cluster_id)

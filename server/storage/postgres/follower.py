@@ -23,9 +23,9 @@ _HEAD = ("SELECT greatest((SELECT coalesce(max(idx), 0) FROM etcdlite_log), "
 class Follower:
     """LISTENs on its own connection and tells the applier each announced index."""
 
-    def __init__(self, url: str, applier: LogApplier) -> None:
+    def __init__(self, url: str, applier: LogApplier, instance: str = "") -> None:
         self._applier = applier
-        self.link = Link(url, "listener")
+        self.link = Link(url, "listener", instance)
         self._task = OwnedTask("postgres-listen", self._run)
 
     def start(self) -> None:
@@ -64,9 +64,9 @@ class ReadIndex:
     wait until it is applied here.  Concurrent callers share one query (each waits for a query
     that started after it called)."""
 
-    def __init__(self, url: str, applier: LogApplier) -> None:
+    def __init__(self, url: str, applier: LogApplier, instance: str = "") -> None:
         self._applier = applier
-        self.link = Link(url, "reader")
+        self.link = Link(url, "reader", instance)
         self._next: asyncio.Future[int] | None = None
         self._querying = False
 

@@ -57,7 +57,7 @@ _SIZE = "SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) FROM un
 
 class Keeper:
     def __init__(self, url: str, local: Instance) -> None:
-        self.link = Link(url, "keeper")
+        self.link = Link(url, "keeper", local.name)
         self._local = local
         self.attacher: LeaseAttacher | None = None
         self.revoke: Callable[[int], None] | None = None

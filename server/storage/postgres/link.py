@@ -20,9 +20,10 @@ class Link:
     """``await link.get()`` is an open autocommit connection; ``drop()`` after an error closes it,
     and the next ``get()`` reconnects, no sooner than the back-off allows."""
 
-    def __init__(self, url: str, purpose: str) -> None:
+    def __init__(self, url: str, purpose: str, instance: str = "") -> None:
         self._url = url
         self.purpose = purpose
+        self._application = f"etcdlite {instance} {purpose}" if instance else f"etcdlite {purpose}"
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._retry_at = 0.0
         self._backoff = RETRY_MIN_SECONDS
@@ -42,7 +43,7 @@ class Link:
             await asyncio.sleep(delay)
         try:
             conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True,
-                                                         **connect_kwargs(f"etcdlite {self.purpose}"))
+                                                         **connect_kwargs(self._application))
         except psycopg.Error as exc:
             self._failed(exc)
             raise
