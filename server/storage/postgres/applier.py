@@ -136,6 +136,7 @@ class LogApplier:
         self._uncertain: tuple[Batch, list[Pending]] | None = None
         self._wanted = 0  # an index announced or asked for that is not applied yet
         self._catch_up_asked = False
+        self._stale = False  # the store must be rebuilt from the database before anything else
         self._wakeup = asyncio.Event()
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
@@ -261,13 +262,17 @@ class LogApplier:
         await self.link.close()
 
     def _idle(self) -> bool:
-        return not self._queue and self._uncertain is None and not self._snapshot_requests
+        return not self._queue and self._uncertain is None and not self._snapshot_requests and not self._stale
 
     async def _run(self) -> None:
         poll_due = True  # catch up at once, then whenever a poll interval passed without news
         while True:
-            if self._closing and self._idle():
-                return
+            if self._closing:
+                if not self._queue and self._uncertain is None and not self._snapshot_requests:
+                    return
+                if not self.connected:  # stopping without a database: what is left cannot finish
+                    self._give_up()
+                    return
             if self._catch_up_asked:
                 self._catch_up_asked, poll_due = False, True
             if self._idle() and self._wanted <= self.index and not poll_due:
@@ -283,7 +288,9 @@ class LogApplier:
                 self._fail_queued(errors.NO_LEADER)
                 continue
             try:
-                if self._uncertain is not None:
+                if self._stale:
+                    await self._rebuild()
+                elif self._uncertain is not None:
                     await self._reconcile(conn)
                 elif self._queue:
                     await self._commit(conn)  # which catches up first
@@ -297,14 +304,21 @@ class LogApplier:
             except LogGap as gap:
                 log.info("the log was truncated past this instance; reloading", extra={"fields": {
                     "reason": str(gap)}})
+                self._stale = True
                 await self.link.drop(gap)
-                await self._rebuild()
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 await self.link.drop(exc)
             except Exception as exc:  # a bug: log it, and recover as from a failed commit
                 log.exception("the log applier failed; reconnecting")
                 await self.link.drop(exc)
                 await asyncio.sleep(POLL_SECONDS)
+
+    def _give_up(self) -> None:
+        if self._uncertain is not None:
+            for item in self._uncertain[1]:
+                item.finish(errors.TIMEOUT)
+            self._uncertain = None
+        self._fail_queued(errors.NO_LEADER)
 
     def _fail_queued(self, error: errors.EtcdError) -> None:
         queue, self._queue = self._queue, []
@@ -437,11 +451,13 @@ class LogApplier:
             "first-index": batch.first, "entries": len(batch.rows), "outcome": "unknown" if unknown else "not committed"}})
         for item in pending:
             item.finish(errors.TIMEOUT if unknown else errors.NO_LEADER)
+        self._stale = True  # holds writes the log does not: nothing more is applied before the rebuild
         await self._rebuild()
 
     async def _rebuild(self) -> None:
         """A fresh store from the database: the snapshot and the log after it."""
-        replay = await asyncio.to_thread(self._load)
+        replay = await asyncio.to_thread(self._load)  # a failure leaves _stale set: tried again
+        self._stale = False
         old_visible = self.store.visible_revision
         old_docs = dict(self.documents)
         self.store = replay.store
