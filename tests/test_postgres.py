@@ -383,8 +383,8 @@ def test_a_write_is_checked_against_auth_changes_committed_elsewhere(pg_cluster:
 
         a, b = cores
         admin = AuthAdmin(b)
-        for request in (pb.AuthUserAddRequest(name="root", password="pw"), pb.AuthUserAddRequest(name="u", password="pw")):
-            await admin.user_add(request, None)
+        for name in ("root", "u"):
+            await admin.user_add(pb.AuthUserAddRequest(name=name, password="pw"), None)
         await admin.user_grant_role(pb.AuthUserGrantRoleRequest(user="root", role="root"), None)
         await admin.role_add(pb.AuthRoleAddRequest(name="r"), None)
         perm = auth_pb2.Permission(permType=auth_pb2.Permission.READWRITE, key=b"a", range_end=b"b")

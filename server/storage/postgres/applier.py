@@ -448,7 +448,8 @@ class LogApplier:
         unknown = row is None and snap is not None and int(snap[0]) >= batch.first
         self._uncertain = None
         log.warning("a commit failed; rebuilding the state from the database", extra={"fields": {
-            "first-index": batch.first, "entries": len(batch.rows), "outcome": "unknown" if unknown else "not committed"}})
+            "first-index": batch.first, "entries": len(batch.rows),
+            "outcome": "unknown" if unknown else "not committed"}})
         for item in pending:
             item.finish(errors.TIMEOUT if unknown else errors.NO_LEADER)
         self._stale = True  # holds writes the log does not: nothing more is applied before the rebuild

@@ -37,7 +37,7 @@ from .schema import MEMBER_LOCK_SPACE, ensure_cluster, migrate, to_signed
 log = logging.getLogger("etcdlite.postgres")
 
 R = TypeVar("R")
-START_TIMEOUT_SECONDS = 30.0  # how long start-up waits for the database (and for a stale member lock)
+START_TIMEOUT_SECONDS = 10.0  # how long start-up waits for the database (its orchestrator restarts it after)
 
 
 class BackendUnavailable(StorageError):
@@ -65,7 +65,7 @@ class PostgresBackend:
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+    def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self._url, autocommit=True, **connect_kwargs(f"etcdlite {self._config.name}"))
 
     def open(self) -> Recovered:
@@ -93,7 +93,7 @@ class PostgresBackend:
                          replayed=replay.index - replay.snapshot_index,
                          source=f"{redacted(self._url)} (snapshot {replay.snapshot_index})", cluster_id=cluster_id)
 
-    def _connect_at_start(self, started: float) -> psycopg.Connection[tuple[object, ...]]:
+    def _connect_at_start(self, started: float) -> psycopg.Connection[Any]:
         while True:
             try:
                 return self._connect()
@@ -105,7 +105,7 @@ class PostgresBackend:
                                                                            "error": str(exc).strip()}})
                 time.sleep(1.0)
 
-    def _check_member_free(self, conn: psycopg.Connection[tuple[object, ...]], started: float) -> None:
+    def _check_member_free(self, conn: psycopg.Connection[Any], started: float) -> None:
         """Refuse to start as a member another live instance serves as (after a kill -9 its lock
         lingers until the database notices the closed connection: wait a little)."""
         key = (MEMBER_LOCK_SPACE, member_lock_key(self.local.id))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 SCHEMES = ("postgres", "postgresql")
 CONNECT_TIMEOUT_SECONDS = 5
 # a database host that vanishes without closing the connection is noticed within ~10 s
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+_KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
 
 
 def is_postgres(url: str) -> bool:
@@ -26,6 +27,6 @@ def redacted(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
-def connect_kwargs(application_name: str) -> dict[str, object]:
-    """Options every connection gets (the URL's own parameters win over none of these)."""
+def connect_kwargs(application_name: str) -> dict[str, Any]:
+    """Options every connection gets (they override the same parameters in the URL)."""
     return {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": application_name[:63], **_KEEPALIVES}

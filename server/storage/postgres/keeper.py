@@ -45,7 +45,8 @@ _FLUSH = ("UPDATE etcdlite_lease AS l SET expires_at = clock_timestamp() + v.s *
           "renewed_at = clock_timestamp() FROM unnest(%s::bigint[], %s::float8[]) AS v(i, s) WHERE l.id = v.i")
 _PULL = ("SELECT clock_timestamp(), coalesce(array_agg(id), '{}'), "
          "coalesce(array_agg(extract(epoch FROM expires_at - clock_timestamp())::float8), '{}') "
-         "FROM etcdlite_lease WHERE renewed_at > coalesce(%s::timestamptz, clock_timestamp()) - %s * interval '1 second'")
+         "FROM etcdlite_lease "
+         "WHERE renewed_at > coalesce(%s::timestamptz, clock_timestamp()) - %s * interval '1 second'")
 _EXPIRED = "SELECT id FROM etcdlite_lease WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT 256"
 HEARTBEAT = ("INSERT INTO etcdlite_member (id, name, peer_urls, client_urls, heartbeat) "
               "VALUES (%s, %s, %s, %s, clock_timestamp()) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "

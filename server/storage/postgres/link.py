@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 
+from typing import Any
+
 import psycopg
 
 from .dsn import connect_kwargs, redacted
@@ -24,7 +26,7 @@ class Link:
         self._url = url
         self.purpose = purpose
         self._application = f"etcdlite {instance} {purpose}" if instance else f"etcdlite {purpose}"
-        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
         self._retry_at = 0.0
         self._backoff = RETRY_MIN_SECONDS
         self.down_since: float | None = None  # monotonic time of the failure, while it lasts
@@ -34,7 +36,7 @@ class Link:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
 
-    async def get(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    async def get(self) -> psycopg.AsyncConnection[Any]:
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
@@ -87,7 +89,7 @@ class Link:
             await _close_quietly(conn)
 
 
-async def _close_quietly(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+async def _close_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
     try:
         await asyncio.wait_for(conn.close(), 1.0)
     except Exception:  # noqa: BLE001 - it is being thrown away

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import psycopg
 
 from ..memory.mvcc import MVCCStore
@@ -57,7 +59,7 @@ class Replay:
         self.index = idx
 
 
-def load(conn: psycopg.Connection[tuple[object, ...]]) -> Replay:
+def load(conn: psycopg.Connection[Any]) -> Replay:
     """A new store holding the newest snapshot plus every log row after it."""
     store = MVCCStore()
     replay = Replay(store)
@@ -65,18 +67,18 @@ def load(conn: psycopg.Connection[tuple[object, ...]]) -> Replay:
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         for name, idx, data in conn.execute("SELECT name, idx, data FROM etcdlite_state").fetchall():
-            replay.documents[str(name)] = (int(idx), bytes(data))  # type: ignore[call-overload, arg-type]
+            replay.documents[str(name)] = (int(idx), bytes(data))
         row = conn.execute("SELECT idx, chunks FROM etcdlite_snapshot ORDER BY idx DESC LIMIT 1").fetchone()
         if row is not None:
             chunks = conn.execute("SELECT data FROM etcdlite_snapshot_chunk WHERE idx = %s ORDER BY n",
                                   (row[0],)).fetchall()
             if len(chunks) != row[1]:
                 raise LogGap(f"snapshot {row[0]} has {len(chunks)} of {row[1]} chunks")
-            replay.snapshot(b"".join(bytes(c[0]) for c in chunks))  # type: ignore[arg-type]
+            replay.snapshot(b"".join(bytes(c[0]) for c in chunks))
         with conn.cursor(name="etcdlite_load") as cur:  # server-side: a long log is not held in memory twice
             cur.itersize = FETCH_ROWS
             cur.execute("SELECT idx, kind, entry FROM etcdlite_log WHERE idx > %s ORDER BY idx", (replay.index,))
             for idx, kind, payload in cur:
-                replay.row(int(idx), int(kind), bytes(payload))  # type: ignore[call-overload, arg-type]
+                replay.row(int(idx), int(kind), bytes(payload))
     store.end_bulk_load()
     return replay

@@ -17,6 +17,7 @@ and each write's compares see the true head.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import psycopg
 
@@ -89,7 +90,7 @@ class SchemaError(StorageError):
     """The database holds a schema this etcdlite cannot use."""
 
 
-def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+def migrate(conn: psycopg.Connection[Any]) -> int:
     """Create the tables, or bring them to ``SCHEMA_VERSION``; returns the version found before."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
@@ -98,33 +99,33 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> int:
             raise SchemaError(f"the database's etcdlite schema is version {found}, newer than this etcdlite's "
                               f"{SCHEMA_VERSION}: upgrade etcdlite")
         if found == 0:
-            conn.execute(_TABLES)  # type: ignore[arg-type]
+            conn.execute(_TABLES)
             conn.execute("INSERT INTO etcdlite_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
             log.info("created the etcdlite schema", extra={"fields": {"version": SCHEMA_VERSION}})
         for version in range(found + 1, SCHEMA_VERSION + 1):
             if found and version in _MIGRATIONS:
-                conn.execute(_MIGRATIONS[version])  # type: ignore[arg-type]
+                conn.execute(_MIGRATIONS[version])
                 conn.execute("UPDATE etcdlite_schema SET version = %s", (version,))
                 log.info("migrated the etcdlite schema", extra={"fields": {"version": version}})
     return found
 
 
-def _version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+def _version(conn: psycopg.Connection[Any]) -> int:
     exists = conn.execute("SELECT to_regclass('etcdlite_schema') IS NOT NULL").fetchone()
     if not exists or not exists[0]:
         return 0
     row = conn.execute("SELECT max(version) FROM etcdlite_schema").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0  # type: ignore[call-overload]
+    return int(row[0]) if row and row[0] is not None else 0
 
 
-def ensure_cluster(conn: psycopg.Connection[tuple[object, ...]], cluster_id: int) -> int:
+def ensure_cluster(conn: psycopg.Connection[Any], cluster_id: int) -> int:
     """The cluster's identity: the first instance's, kept for every later one."""
     with conn.transaction():
         conn.execute("INSERT INTO etcdlite_cluster (id, cluster_id) VALUES (1, %s) ON CONFLICT (id) DO NOTHING",
                      (to_signed(cluster_id),))
         row = conn.execute("SELECT cluster_id FROM etcdlite_cluster WHERE id = 1").fetchone()
     assert row is not None
-    return to_unsigned(int(row[0]))  # type: ignore[call-overload]
+    return to_unsigned(int(row[0]))
 
 
 def to_signed(value: int) -> int:
