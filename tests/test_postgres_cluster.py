@@ -239,6 +239,7 @@ def _head(c: Cluster) -> int:
     raise AssertionError("no instance answers")
 
 
+@pytest.mark.timeout(300)  # 20 s of faults, then restarts, the check and the watchers catching up
 def test_three_instances_under_kill_9_stay_one_linearizable_etcd(cluster: Callable[..., Cluster],
                                                                  tmp_path: Path) -> None:
     c = cluster(3)
