@@ -287,8 +287,12 @@ def test_three_instances_under_kill_9_stay_one_linearizable_etcd(cluster: Callab
 
 def test_a_dead_reaper_is_replaced_and_leases_still_expire_on_time(cluster: Callable[..., Cluster]) -> None:
     c = cluster(3)
+    members = _members(c.procs[0], 3)
+    deadline = time.monotonic() + 10
+    while len({_stub_maintenance(p).Status(pb.StatusRequest(), timeout=5).leader for p in c.procs}) != 1:
+        assert time.monotonic() < deadline, "the instances do not agree on the reaper"
+        time.sleep(0.1)
     status = _stub_maintenance(c.procs[0]).Status(pb.StatusRequest(), timeout=5)
-    members = {m.ID: m.name for m in c.procs[0].stubs().cluster.MemberList(pb.MemberListRequest(), timeout=5).members}
     reaper = next(p for p in c.procs if p.name == members[status.leader])
     others = [p for p in c.procs if p is not reaper]
     lease = others[0].stubs().lease.LeaseGrant(pb.LeaseGrantRequest(TTL=2), timeout=5).ID
@@ -296,13 +300,26 @@ def test_a_dead_reaper_is_replaced_and_leases_still_expire_on_time(cluster: Call
     _stub(others[0]).Put(pb.PutRequest(key=b"reaped", value=b"x", lease=lease), timeout=5)
     time.sleep(1.0)
     reaper.kill()
+    killed = time.monotonic()
     deadline = granted + 2.0 + 1.0 + 0.5  # its expiry, a new reaper within a second, the revoke within 0.5 s
     while _stub(others[1]).Range(pb.RangeRequest(key=b"reaped"), timeout=5).kvs:
         assert time.monotonic() < deadline, "the lease outlived its reaper"
         time.sleep(0.05)
     assert time.monotonic() >= granted + 2.0 - 0.1
-    new_leader = _stub_maintenance(others[1]).Status(pb.StatusRequest(), timeout=5).leader
-    assert new_leader != status.leader and new_leader in members
+    while (new_leader := _stub_maintenance(others[1]).Status(pb.StatusRequest(), timeout=5).leader) == status.leader:
+        assert time.monotonic() < killed + 1.0, "Status still names the dead reaper"
+        time.sleep(0.05)
+    assert new_leader in members and new_leader != status.leader
+
+
+def _members(proc: EtcdProcess, count: int) -> dict[int, str]:
+    """The member list once it shows ``count`` members (others are listed from their first heartbeat)."""
+    deadline = time.monotonic() + 10
+    while True:
+        listed = proc.stubs().cluster.MemberList(pb.MemberListRequest(), timeout=5).members
+        if len(listed) == count or time.monotonic() > deadline:
+            return {m.ID: m.name for m in listed}
+        time.sleep(0.2)
 
 
 def _stub_maintenance(proc: EtcdProcess) -> Any:

@@ -47,6 +47,7 @@ _PULL = ("SELECT clock_timestamp(), coalesce(array_agg(id), '{}'), "
          "coalesce(array_agg(extract(epoch FROM expires_at - clock_timestamp())::float8), '{}') "
          "FROM etcdlite_lease "
          "WHERE renewed_at > coalesce(%s::timestamptz, clock_timestamp()) - %s * interval '1 second'")
+_TRY_LEAD = "SELECT pg_try_advisory_lock(%s), (SELECT leader FROM etcdlite_cluster WHERE id = 1)"
 _EXPIRED = "SELECT id FROM etcdlite_lease WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT 256"
 HEARTBEAT = ("INSERT INTO etcdlite_member (id, name, peer_urls, client_urls, heartbeat) "
               "VALUES (%s, %s, %s, %s, clock_timestamp()) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
@@ -166,11 +167,15 @@ class Keeper:
             attacher.extend(int(lease_id), float(seconds))
 
     async def _try_lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (REAPER_LOCK,))).fetchone()
+        """Take the reaper lock if it is free; else learn who holds it."""
+        row = await (await conn.execute(_TRY_LEAD, (REAPER_LOCK,))).fetchone()
         if row and row[0]:
             self.leader = True
+            self.leader_id = self._local.id
             await conn.execute("UPDATE etcdlite_cluster SET leader = %s WHERE id = 1", (to_signed(self._local.id),))
             log.info("became the lease reaper", extra={"fields": {"member-id": f"{self._local.id:x}"}})
+        elif row and row[1] is not None:
+            self.leader_id = to_unsigned(int(row[1]))
 
     async def _reap(self, conn: psycopg.AsyncConnection[Any]) -> None:
         rows = await (await conn.execute(_EXPIRED)).fetchall()
@@ -207,8 +212,6 @@ class Keeper:
                                         ",".join(local.client_urls)))
         rows = await (await conn.execute(_LIVE, (LIVE_SECONDS,))).fetchall()
         self.instances = [Instance(to_unsigned(int(i)), str(n), _urls(p), _urls(c)) for i, n, p, c in rows]
-        row = await (await conn.execute("SELECT leader FROM etcdlite_cluster WHERE id = 1")).fetchone()
-        self.leader_id = to_unsigned(int(row[0])) if row else 0
 
 
 def member_lock_key(member_id: int) -> int:
