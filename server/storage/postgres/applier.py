@@ -26,7 +26,6 @@ import itertools
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -37,6 +36,7 @@ from ..backend import Entry, LeaseAttacher
 from ..memory.mvcc import MVCCStore
 from ..memory.records import decode_entry, encode_entry
 from ..memory.snapshot import capture, encode_snapshot
+from .batch import Batch, Pending, apply_committed, time_out
 from .link import Link
 from .loader import FETCH_ROWS, LogGap, Replay, decode_document, encode_document
 from .schema import KIND_ENTRY, KIND_STATE, NOTIFY_CHANNEL, SNAPSHOT_LOCK, WRITER_LOCK
@@ -65,50 +65,6 @@ _REVOKE = "DELETE FROM etcdlite_lease WHERE id = ANY(%s::bigint[])"
 _DOCUMENT = ("INSERT INTO etcdlite_state (name, idx, data) VALUES (%s, %s, %s) "
              "ON CONFLICT (name) DO UPDATE SET idx = EXCLUDED.idx, data = EXCLUDED.data")
 
-Row = tuple[int, int, bytes]  # (idx, kind, payload)
-
-
-class Pending:
-    """One queued write: ``run(store)`` at its turn, then its writer is answered."""
-
-    __slots__ = ("run", "future", "result", "error")
-
-    def __init__(self, run: Callable[[MVCCStore], Any], future: asyncio.Future[Any]) -> None:
-        self.run = run
-        self.future = future
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def execute(self, store: MVCCStore) -> None:
-        try:
-            self.result = self.run(store)
-        except Exception as exc:  # noqa: BLE001 - the writer's error (etcd's), given back to it
-            self.error = exc
-
-    def finish(self, error: BaseException | None = None) -> None:
-        if self.future.done():
-            return
-        error = error or self.error
-        if error is not None:
-            self.future.set_exception(error)
-        else:
-            self.future.set_result(self.result)
-
-
-@dataclass
-class Batch:
-    """The rows one commit appends."""
-
-    token: int
-    first: int  # the index its first row gets
-    rows: list[Row] = field(default_factory=list)
-    leases: dict[int, int | None] = field(default_factory=dict)  # lease id -> TTL granted, None: revoked (last wins)
-    documents: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    compacted: bool = False
-
-    @property
-    def last(self) -> int:
-        return self.first + len(self.rows) - 1
 
 
 class LogApplier:
@@ -401,7 +357,7 @@ class LogApplier:
                 self._queue[:0] = pending  # nothing ran: they go with the next batch
             elif batch.rows:
                 self._uncertain = (batch, pending)
-                asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, _time_out, pending)
+                asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, time_out, pending)
             else:  # read-only: answered from the state the lock saw
                 for item in pending:
                     item.finish()
@@ -516,26 +472,3 @@ class LogApplier:
         await conn.execute("DELETE FROM etcdlite_snapshot WHERE idx < %s", (index,))
         self.snapshot_index = max(self.snapshot_index, index)
         log.info("saved snapshot", extra={"fields": {"index": index, "revision": revision, "size-bytes": len(data)}})
-
-
-def _time_out(pending: list[Pending]) -> None:
-    for item in pending:
-        item.finish(errors.TIMEOUT)
-
-
-def apply_committed(store: MVCCStore, attacher: LeaseAttacher | None, entry: Entry) -> None:
-    """Replay another instance's entry: the store as at start-up, the lessor as its writer's was."""
-    if attacher is not None:
-        for lease_id, ttl in entry.lease_grants:
-            attacher.granted(lease_id, ttl)
-        head = store.current_revision
-        for kv in entry.changes:
-            prev = store.get(kv.key, head)
-            if prev is not None and prev.lease and prev.lease != kv.lease:
-                attacher.detach(prev.lease, kv.key)
-            if kv.lease and kv.version:
-                attacher.attach(kv.lease, kv.key)
-    store.replay(entry)
-    if attacher is not None:
-        for lease_id in entry.lease_revokes:
-            attacher.revoked(lease_id)

@@ -22,8 +22,7 @@ import psycopg
 
 from ... import errors
 from ...config import Config
-from ..backend import DurableListener, Instance, KeyValue, LeaseAttacher, RangeResult, Recovered, SharedState, \
-    WriteTxn
+from ..backend import DurableListener, Instance, KeyValue, LeaseAttacher, RangeResult, Recovered, SharedState, WriteTxn
 from ..memory.files import StorageError
 from ..memory.mvcc import MVCCStore
 from ..memory.snapshot import snapshot_revision, snapshot_size

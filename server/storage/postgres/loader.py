@@ -8,7 +8,6 @@ and the log after it are one consistent picture even while other instances write
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 from typing import Any
 
 import psycopg
