@@ -93,9 +93,9 @@ async def main(n: int) -> None:
         queues = []
         contexts = []
         tasks = []
-        for s in range(16):
+        for _ in range(16):
             q: asyncio.Queue = asyncio.Queue()
-            for w in range(10):
+            for _ in range(10):
                 q.put_nowait(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"w")))
 
             async def requests(q=q):

@@ -181,18 +181,38 @@ class Server:
                 break
         self.startup_seconds = time.monotonic() - t0
 
-    def rss_mib(self) -> float:
+    def pids(self) -> list[int]:
+        """The server process and its children (etcdlite's client-port relay process)."""
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        out = [self.proc.pid]
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                out += [int(pid) for pid in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return out
+
+    def rss_mib(self) -> float:
+        """VmRSS of the server's processes, summed (pages they share counted in each)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue  # gone meanwhile
+            total += sum(int(line.split()[1]) for line in lines if line.startswith("VmRSS:"))
+        return total / 1024
 
     def cpu_seconds(self) -> float:
-        """user + system CPU time the server process (all its threads) has used."""
-        assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """user + system CPU time the server's processes (all their threads) have used."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def disk_mib(self) -> float:
         """Bytes the data dir occupies on disk (allocated blocks, as du counts them)."""

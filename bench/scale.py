@@ -30,8 +30,8 @@ from run import BUILD_BENCHMARK, Server, Workload, loadgen_binary, run_tool  # n
 
 from etcdlite.core.kv import KVApplier  # noqa: E402
 from etcdlite.core.lease import Lessor  # noqa: E402
-from etcdlite.storage.memory.backend import MemoryBackend  # noqa: E402
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb  # noqa: E402
+from etcdlite.storage.memory.backend import MemoryBackend  # noqa: E402
 
 VALUE = b"v" * 256
 
@@ -129,7 +129,7 @@ def main() -> None:
     for op in store_rows[sizes[0]]:
         lines.append(f"| {op} | " + " | ".join(f"{store_rows[n][op]:.1f}" for n in sizes) + " |")
     per_key = {n: store_rows[n]["range, 10k keys"] / 10_000 for n in sizes}
-    lines.append(f"| range, µs per returned key (10k-key range) | "
+    lines.append("| range, µs per returned key (10k-key range) | "
                  + " | ".join(f"{per_key[n]:.2f}" for n in sizes) + " |")
     if grpc_rows:
         lines += ["", "etcdlite over gRPC (durable, etcd's benchmark tool, 16 clients / 4 conns):", "",

@@ -15,8 +15,8 @@ import argparse
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 import tempfile
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

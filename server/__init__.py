@@ -4,7 +4,7 @@
 importing this package loads nothing else, so it is safe next to any etcd client.
 """
 
-from .process import Server, ServerError
+from .process import FaultInjectionError, Server, ServerError
 
 __version__ = "0.1.0"
-__all__ = ["Server", "ServerError", "__version__"]
+__all__ = ["FaultInjectionError", "Server", "ServerError", "__version__"]

@@ -24,6 +24,7 @@ from .api.watch import WatchService
 from .config import Config, ConfigError
 from .core.auth.admin import AuthAdmin
 from .core.cluster import Cluster
+from .core.faults import FaultInjector
 from .core.maintenance import Maintenance
 from .core.server import Core
 from .pb.etcdserverpb import rpc_pb2
@@ -33,14 +34,19 @@ from .storage.backend import Backend
 from .storage.memory.backend import MemoryBackend
 from .storage.memory.files import DiskFaults
 from .storage.memory.writer import WALOptions
+from .transport.console import console_urls
 from .transport.engine import GrpcEngine
 from .transport.etcdhttp import HttpListeners, os_error_text
 from .transport.front import ClientPortMux, internal_grpc_address
 from .transport.gateway import Gateway
+from .transport.inject import InjectApi
 from .transport.metrics import ServerMetrics
 from .transport.rpc import generic_handler
+from .transport.splice import RelayError
 
 log = logging.getLogger("etcdlite")
+
+GRPC_GO_MAX_HEADER_LIST_SIZE = 16 << 20  # grpc-go's defaultServerMaxHeaderListSize
 
 
 def _read(path: str, what: str) -> bytes:
@@ -93,6 +99,8 @@ class EtcdServer:
         self.grpc_methods: dict[str, grpc.RpcMethodHandler] = {}  # "/etcdserverpb.KV/Range" -> handler
         self.http: HttpListeners | None = None  # the JSON gateway, /health, /metrics ... (issue 8)
         self._mux: ClientPortMux | None = None  # --client-http-mux: HTTP/1.1 beside gRPC on the client port
+        # --experimental-fault-injection: the faults the guards inject, set over /debug/inject
+        self.faults = FaultInjector(self.core) if config.fault_injection else None
 
     def _services(self) -> None:
         """Every etcd method's handler, in ``grpc_methods`` under its path."""
@@ -108,13 +116,16 @@ class EtcdServer:
         }
         for name, service in rpc_pb2.DESCRIPTOR.services_by_name.items():
             generic_handler(service, impls.get(name), self.metrics.grpc, self.grpc_methods,
-                            max_receive_bytes=self.config.grpc_max_receive_bytes)
+                            max_receive_bytes=self.config.grpc_max_receive_bytes, faults=self.faults,
+                            max_txn_ops=self.config.max_txn_ops)
         recipes = {"Lock": LockService(core, who), "Election": ElectionService(core, who)}
         for module in (v3lock_pb2, v3election_pb2):
             for name, service in module.DESCRIPTOR.services_by_name.items():
                 generic_handler(service, recipes.get(name), self.metrics.grpc, self.grpc_methods,
-                                max_receive_bytes=self.config.grpc_max_receive_bytes)
+                                max_receive_bytes=self.config.grpc_max_receive_bytes, faults=self.faults)
         self.metrics.wire_kv_observers()
+        if self.faults is not None:  # "/etcdserverpb.KV/Range" -> "KV/Range"
+            self.faults.set_methods(path.rpartition(".")[2] for path in self.grpc_methods)
 
     async def start(self) -> None:
         cfg = self.config
@@ -125,21 +136,32 @@ class EtcdServer:
             options=[
                 # without this a second server on the same port starts silently
                 ("grpc.so_reuseport", 0),
-                # etcd's limits are checked by the handlers, in etcd's words; core only stops the absurd
-                ("grpc.max_receive_message_length", cfg.grpc_hard_receive_bytes),
+                # etcd's gRPC receive limit, refused by core at the message's length prefix, before
+                # the message is buffered (the client-port relay gives the refusal grpc-go's words)
+                ("grpc.max_receive_message_length", cfg.grpc_max_receive_bytes),
+                ("grpc.http.tarpit", 0),  # grpc-go answers a refused call at once, not 0.1-1 s later
                 ("grpc.max_send_message_length", 2**31 - 1),
                 ("grpc.max_concurrent_streams", 2**31 - 1),
+                # grpc-go's (so etcd's) limit on a request's metadata, 16 MiB, not core's 8/16 KiB
+                ("grpc.max_metadata_size", GRPC_GO_MAX_HEADER_LIST_SIZE),
+                ("grpc.absolute_max_metadata_size", GRPC_GO_MAX_HEADER_LIST_SIZE),
             ],
         )
         credentials = _server_credentials(cfg)
         checks = HealthChecks(self.core, self.metrics.health)
-        self.http = HttpListeners(checks, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes))
+        inject = InjectApi(self.faults) if self.faults is not None else None
+        self.http = HttpListeners(checks, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes),
+                                  console=cfg.console, inject=inject)
         muxed = self._muxed_addresses()
         if muxed:
-            internal, path = internal_grpc_address()
+            internal, name = internal_grpc_address()
             if self._grpc.add_port(internal) == 0:
                 raise ConfigError(f"cannot listen on the internal gRPC address {internal}")
-            self._mux = ClientPortMux(path, self.http.client)
+            self._mux = ClientPortMux(name, self.http.client)
+            try:
+                await self._mux.start()
+            except RelayError as exc:
+                raise ConfigError(str(exc)) from None
         for address, tls in cfg.listen_addresses():
             if (address, tls) in muxed:
                 assert self._mux is not None
@@ -157,9 +179,15 @@ class EtcdServer:
                 raise ConfigError(f"listen tcp {address}: bind: address already in use")
             self.ports.append(port)
         await self.http.start(cfg)
+        if self.faults is not None:
+            log.warning("fault injection is on (--experimental-fault-injection): /debug/inject on the client HTTP side")
         await self.core.start()
         self._grpc.start()
         log.info("ready to serve client requests", extra={"fields": {"address": ",".join(cfg.listen_client_urls)}})
+        if cfg.console:
+            urls = console_urls([f"http://{address}" for address, _ in muxed] + cfg.listen_client_http_urls)
+            if urls:
+                log.info("serving the web console", extra={"fields": {"urls": urls}})
 
     def _muxed_addresses(self) -> list[tuple[str, bool]]:
         """The client addresses the front listener takes (plain http ones, with --client-http-mux
@@ -174,6 +202,8 @@ class EtcdServer:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+        if self.faults is not None and self.faults.active:
+            self.faults.clear()  # paused requests proceed rather than hold the shutdown
         # HTTP first: its gateway calls (watches included) end with their connections
         if self.http is not None:
             self.http.close()

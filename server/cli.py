@@ -68,28 +68,35 @@ async def _serve(cfg: Config) -> None:
 
 
 def snapshot_restore(argv: list[str]) -> int:
-    """``etcdlite snapshot restore FILE [--data-dir DIR]``: a data dir from an ``etcdctl snapshot save`` file."""
+    """``etcdlite snapshot restore SOURCE [--data-dir DIR]``: see ``core.restore``."""
     import argparse
 
+    from .core.restore import restore
+    from .storage.etcd.etcddb import SnapshotError
     from .storage.memory.files import StorageError
-    from .storage.memory.snapshot import restore_snapshot_file
 
     p = argparse.ArgumentParser(prog="etcdlite snapshot restore",
                                 description="Make a new data dir from a snapshot that `etcdctl snapshot save` "
-                                "took of an etcdlite; then start etcdlite with --data-dir DIR.")
-    p.add_argument("file")
+                                "took of etcd or etcdlite, or from a stopped etcd's data dir; then start "
+                                "etcdlite with --data-dir DIR.")
+    p.add_argument("source", metavar="FILE|ETCD_DATA_DIR")
     p.add_argument("--name", default="default")
     p.add_argument("--data-dir", default="", help="default: <name>.etcd; must not exist or be empty")
     p.add_argument("--skip-hash-check", action="store_true", help="accept a file without a valid SHA-256 trailer")
     args = p.parse_args(argv)
     data_dir = args.data_dir or f"{args.name}.etcd"
     try:
-        state = restore_snapshot_file(args.file, data_dir, args.skip_hash_check)
-    except StorageError as exc:
+        summary = restore(args.source, data_dir, args.skip_hash_check)
+    except (StorageError, SnapshotError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    print(f"restored snapshot {args.file} into {data_dir} (revision {state.revision}, "
-          f"compact revision {state.compact_revision}, {len(state.leases)} leases)")
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"Error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    for note in summary.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(summary.describe(data_dir))
     return 0
 
 

@@ -54,6 +54,8 @@ class Config:
     log_format: str = "json"
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
     backend: str = ""  # "": the embedded store in --data-dir; postgres://...: a database shared by instances
+    console: bool = True  # the web console at /ui on the client HTTP ports
+    fault_injection: bool = False  # /debug/inject on the client HTTP side (core/faults.py)
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -82,11 +84,6 @@ class Config:
     def grpc_max_receive_bytes(self) -> int:
         """etcd's gRPC receive limit: past it, grpc-go's "received message larger than max"."""
         return self.max_request_bytes + GRPC_OVERHEAD_BYTES
-
-    @property
-    def grpc_hard_receive_bytes(self) -> int:
-        """gRPC core's own limit, well above etcd's, so etcd's message is the one clients see."""
-        return max(4 * self.grpc_max_receive_bytes, 64 * 1024 * 1024)
 
     def listen_addresses(self) -> list[tuple[str, bool]]:
         """(host:port, tls) for the gRPC server, from the client URLs."""
@@ -143,6 +140,8 @@ _FLAGS: dict[str, tuple[str, type | str]] = {
     "log-format": ("log_format", str),
     "experimental-watch-progress-notify-interval": ("watch_progress_notify_interval", _DURATION),
     "backend": ("backend", str),
+    "console": ("console", bool),
+    "experimental-fault-injection": ("fault_injection", bool),
 }
 _IGNORED_FLAGS = [
     "wal-dir", "heartbeat-interval", "election-timeout",
@@ -246,6 +245,9 @@ FLAG_HELP: dict[str, str] = {
     "backend": "where the key space lives: empty for the embedded store in --data-dir (default), or "
                "postgres://user[:password]@host[:port]/db for a PostgreSQL database several etcdlite "
                "instances share (also ETCDLITE_BACKEND)",
+    "console": "serve the web console at /ui on every client port that serves HTTP (default true)",
+    "experimental-fault-injection": "serve /debug/inject on the client HTTP side: make requests fail with "
+                                    "etcd's errors, add latency, pause, cut watches, expire leases (tests only)",
 }
 IGNORED_HELP = "etcd flag for raft, peers, discovery or tuning: accepted and ignored"
 LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")  # zap's

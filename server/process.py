@@ -9,6 +9,7 @@ differential tests) through this class.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 READY_LINE = "ready to serve client requests"
 
@@ -35,24 +37,35 @@ class ServerError(RuntimeError):
     """The server did not start (its log is in the message)."""
 
 
+class FaultInjectionError(RuntimeError):
+    """``/debug/inject`` refused a fault (its message says why), or the server does not serve it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Server:
     """Start with ``start()`` or ``with Server() as s:``; ``s.endpoint`` is its client URL.
 
     A free port and a temporary data dir are chosen unless given; the data dir is removed on
     ``stop()`` only if it was made here.  ``kill()`` is a crash (SIGKILL): the data dir stays and
     ``start()`` starts the server again on the same port.  The output goes to ``log_path``,
-    appended to across restarts.
+    appended to across restarts.  ``fault_injection=True`` starts it with
+    ``--experimental-fault-injection``, for ``inject()``, ``faults()`` and ``clear_faults()``.
     """
 
     def __init__(self, data_dir: str | os.PathLike[str] | None = None, port: int | None = None,
                  host: str = "127.0.0.1", args: Sequence[str] = (), startup_timeout: float = 20.0,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, fault_injection: bool = False) -> None:
         self.host = host
         self.port = port or free_port(host)
         self._own_dir = data_dir is None
         self._base = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="etcdlite-"))
         self.data_dir = self._base / "data" if self._own_dir else self._base
         self.args = list(args)
+        if fault_injection and "--experimental-fault-injection" not in self.args:
+            self.args.append("--experimental-fault-injection")
         self.startup_timeout = startup_timeout
         self.env = dict(env) if env else {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -153,6 +166,58 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    # -- fault injection (the server's /debug/inject; see the README's "Fault injection") ----------
+    def inject(self, fault: str, **params: Any) -> dict[str, Any]:
+        """Set a fault: ``fault`` is "error", "latency", "pause", "cut-watches" or "expire-lease",
+        ``params`` its fields, e.g. ``inject("error", methods="KV/Put", error="leader-changed")``,
+        ``inject("latency", methods="KV/Range", delay=0.2)``, ``inject("pause", duration=1)``,
+        ``inject("expire-lease", id=lease_id)``.  Returns the server's answer; raises
+        FaultInjectionError when the server refuses (or was started without fault injection)."""
+        return self._inject_call("POST", "/" + fault, params)
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The faults set now."""
+        faults: list[dict[str, Any]] = self._inject_call("GET", "", None)["faults"]
+        return faults
+
+    def clear_faults(self) -> int:
+        """Clear every fault (paused requests proceed); returns how many were set."""
+        cleared: int = self._inject_call("DELETE", "", None)["cleared"]
+        return cleared
+
+    def http_endpoint(self) -> str:
+        """Where the server answers HTTP: its first --listen-client-http-urls URL, else the client URL."""
+        args = self.args
+        for i, arg in enumerate(args):
+            if arg.startswith("--listen-client-http-urls="):
+                urls = arg.partition("=")[2]
+            elif arg == "--listen-client-http-urls" and i + 1 < len(args):
+                urls = args[i + 1]
+            else:
+                continue
+            return urls.split(",")[0].strip()
+        return self.endpoint
+
+    def _inject_call(self, method: str, path: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        import urllib.error  # only here: `import etcdlite` stays light (4 MiB less) for a test run that never injects
+        import urllib.request
+
+        data = json.dumps(params).encode() if params is not None else None
+        request = urllib.request.Request(f"{self.http_endpoint()}/debug/inject{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            if exc.headers.get("Content-Type", "").startswith("application/json"):
+                raise FaultInjectionError(exc.code, json.loads(body).get("error", "")) from None
+            raise FaultInjectionError(exc.code, f"{self.endpoint} does not serve /debug/inject ({exc.code}): "
+                                                "start it with --experimental-fault-injection") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise FaultInjectionError(0, f"cannot reach {self.http_endpoint()}/debug/inject: {exc}") from None
 
     def __enter__(self) -> Server:
         return self.start()

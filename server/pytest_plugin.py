@@ -2,10 +2,16 @@
 
 ``etcd``          a fresh server for one test
 ``etcd_session``  one server shared by the whole session
+``etcd_faults``   a fresh server with fault injection on, for one test
 
 Each is an ``EtcdFixture``: ``endpoint`` (``http://127.0.0.1:PORT``), ``host``,
 ``port``, and ``client()`` which returns an ``etcd3`` client when that package
-is installed.
+is installed.  On ``etcd_faults``, ``inject(...)``, ``faults()`` and
+``clear_faults()`` set, list and clear faults (``etcdlite.Server.inject``):
+
+    def test_put_retries(etcd_faults):
+        etcd_faults.inject("error", methods="KV/Put", error="leader-changed", count=2)
+        ...
 """
 
 from __future__ import annotations
@@ -40,6 +46,16 @@ class EtcdFixture:
 
         return etcd3.client(host=self.host, port=self.port, **kwargs)
 
+    def inject(self, fault: str, **params: Any) -> dict[str, Any]:
+        """Set a fault (the server must have fault injection on: the ``etcd_faults`` fixture)."""
+        return self.server.inject(fault, **params)
+
+    def faults(self) -> list[dict[str, Any]]:
+        return self.server.faults()
+
+    def clear_faults(self) -> int:
+        return self.server.clear_faults()
+
 
 @pytest.fixture
 def etcd() -> Iterator[EtcdFixture]:
@@ -50,4 +66,10 @@ def etcd() -> Iterator[EtcdFixture]:
 @pytest.fixture(scope="session")
 def etcd_session() -> Iterator[EtcdFixture]:
     with Server() as server:
+        yield EtcdFixture(server)
+
+
+@pytest.fixture
+def etcd_faults() -> Iterator[EtcdFixture]:
+    with Server(fault_injection=True) as server:
         yield EtcdFixture(server)

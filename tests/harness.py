@@ -46,9 +46,9 @@ from typing import Any, NamedTuple
 import grpc
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from etcdlite.process import READY_LINE, Server, ServerError, free_port  # noqa: F401  (READY_LINE, free_port: for the tests)
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from etcdlite.pb.mvccpb import kv_pb2  # noqa: F401  (registers mvccpb for to_data users)
+from etcdlite.process import READY_LINE, Server, ServerError, free_port  # noqa: F401  (READY_LINE, free_port: for the tests)
 
 VENV_BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent

@@ -40,8 +40,20 @@ from etcdlite.core.auth.store import AuthStore
 from etcdlite.errors import EtcdError
 from etcdlite.pb.authpb import auth_pb2
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-from harness import (ETCD_BIN, Client, Err, EtcdProcess, Stubs, delete_req, diff_transcripts, put_req,
-                     range_req, run_parallel, to_data, txn_req)
+from harness import (
+    ETCD_BIN,
+    Client,
+    Err,
+    EtcdProcess,
+    Stubs,
+    delete_req,
+    diff_transcripts,
+    put_req,
+    range_req,
+    run_parallel,
+    to_data,
+    txn_req,
+)
 
 FAST = ("--bcrypt-cost", "4")
 ROOT_PW = "rootpw"

@@ -18,10 +18,12 @@ import pytest
 from etcdlite import errors
 from etcdlite.config import Config
 from etcdlite.core.auth.model import Credentials
+from etcdlite.core.maintenance import Maintenance
 from etcdlite.core.server import Core
-from etcdlite.core.watch import WatchSpec
+from etcdlite.core.watchers import WatchSpec
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.storage.backend import Backend
+from etcdlite.storage.etcd.etcddb import EtcdDB
 from etcdlite.storage.memory.backend import MemoryBackend
 from etcdlite.storage.memory.writer import WALOptions
 
@@ -248,3 +250,32 @@ def test_auth_decisions_take_plain_credentials(make_core: Callable[..., Core]) -
             await core.range(pb.RangeRequest(key=b"k"), Credentials(token=token + "x"))
         assert raised.value is errors.INVALID_AUTH_TOKEN
     run(make_core, scenario, bcrypt_cost=4)
+
+
+# -- maintenance -----------------------------------------------------------------------------------
+
+def test_snapshot_holds_what_etcds_key_bucket_would(make_core: Callable[..., Core]) -> None:
+    """Maintenance.Snapshot's database, read back: the versions etcd's key bucket holds after the same
+    writes and compaction (through ``Backend.capture_key_space``), the leases and the revisions."""
+    async def scenario(core: Core) -> None:
+        lease = (await core.lease_grant(pb.LeaseGrantRequest(ID=0x77, TTL=60), None)).ID  # no revision
+        await core.put(put(b"a", b"1"), None)  # 2
+        await core.put(put(b"b", b"1"), None)  # 3
+        await core.put(put(b"a", b"2"), None)  # 4
+        await core.delete_range(pb.DeleteRangeRequest(key=b"b"), None)  # 5
+        await core.put(put(b"c", b"1", lease=lease), None)  # 6
+        await core.compact(pb.CompactionRequest(revision=6), None)
+        await core.put(put(b"a", b"3"), None)  # 7
+        await core.delete_range(pb.DeleteRangeRequest(key=b"c"), None)  # 8
+        snap = await Maintenance(core).snapshot(None)
+        with snap.file as f:
+            db = EtcdDB(f.fileno(), snap.size)
+            state = db.state()
+            versions = [(kv.mod_revision, kv.key, kv.value, kv.version) for kv in db.versions()]
+            db.finish_check()
+        assert snap.header.revision == state.revision == 8
+        assert state.compact_revision == 6
+        assert [(le.id, le.ttl) for le in state.leases] == [(lease, 60)]
+        # a compaction at 6 keeps each key's newest version at or below 6 unless it is a deletion
+        assert versions == [(4, b"a", b"2", 2), (6, b"c", b"1", 1), (7, b"a", b"3", 3), (8, b"c", b"", 0)]
+    run(make_core, scenario)

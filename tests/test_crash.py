@@ -149,8 +149,8 @@ class Writer:
         self._ack(r.header.revision)
 
     # -- after the restart -------------------------------------------------------------------------
-    def resolve(self, actual: dict[bytes, KeyState], ttl: Callable[[int], pb.LeaseTimeToLiveResponse]
-                ) -> list[str]:
+    def resolve(self, actual: dict[bytes, KeyState], ttl: Callable[[int], pb.LeaseTimeToLiveResponse],
+                compacted: Callable[[int], bool]) -> list[str]:
         """Fold the in-flight request into the model as the server decided it; list what is wrong."""
         p, self.pending = self.pending, None
         if p is None:
@@ -186,6 +186,8 @@ class Writer:
                 for key in self.leases.pop(p.lease, set()):
                     self.keys.pop(key, None)
                 self.revoked.add(p.lease)
+        elif p.kind == "compact" and compacted(p.revision):
+            self.compacted = p.revision  # it took effect: compacting there again would be refused
         return problems
 
 
@@ -200,10 +202,19 @@ def check(writers: list[Writer], srv: EtcdProcess, revision_before: int) -> None
     def ttl(lease_id: int) -> pb.LeaseTimeToLiveResponse:
         return stubs.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=10)
 
+    def compacted(revision: int) -> bool:
+        try:
+            stubs.kv.Range(pb.RangeRequest(key=b"w", revision=revision - 1), timeout=10)
+        except grpc.RpcError as exc:
+            if exc.details() == COMPACTED:
+                return True
+            raise
+        return False
+
     actual, revision = read_all(stubs.kv)
     problems: list[str] = []
     for w in writers:
-        problems += w.resolve(actual, ttl)
+        problems += w.resolve(actual, ttl, compacted)
     assert not problems, problems
     expected = {k: v for w in writers for k, v in w.keys.items()}
     missing = {k: v for k, v in expected.items() if actual.get(k) != v}
@@ -261,3 +272,14 @@ def test_crash_loop_keeps_every_acknowledged_write(tmp_path: Path) -> None:
         raise AssertionError(f"seed {seed}: {exc}\n--- server log tail:\n{srv.log(whole=True)[-3000:]}") from None
     finally:
         srv.stop()
+
+
+def test_a_compaction_in_flight_at_the_kill_is_resolved() -> None:
+    """Once it took effect, the next round must not compact at that revision again (etcd refuses)."""
+    w = Writer(0, 1)
+    w.pending = Pending("compact", revision=40)
+    assert w.resolve({}, lambda lease: pb.LeaseTimeToLiveResponse(), lambda rev: rev == 40) == []
+    assert w.compacted == 40 and w.pending is None
+    w.pending = Pending("compact", revision=60)
+    w.resolve({}, lambda lease: pb.LeaseTimeToLiveResponse(), lambda rev: False)
+    assert w.compacted == 40

@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 import yaml
+from test_docker import DOCKERFILE, healthcheck_command, image_env
 
 from etcdlite.config import from_args
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from etcdlite.process import free_port
-from test_docker import DOCKERFILE, healthcheck_command, image_env
 
 COMPOSE = Path(__file__).resolve().parent.parent / "docker" / "compose.postgres.yaml"
 ETCDLITE_SERVICES = ("etcd-1", "etcd-2")

@@ -15,25 +15,23 @@ import sys
 import time
 from pathlib import Path
 
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etcdlite import errors
-from etcdlite.core.compactor import PeriodicCompactor, RevisionCompactor, parse_retention
-from etcdlite.config import Config, ConfigError
-from etcdlite.storage.backend import Entry, KeyValue
 from etcdlite.app import open_backend
+from etcdlite.config import Config, ConfigError
+from etcdlite.core.compactor import PeriodicCompactor, RevisionCompactor, parse_retention
 from etcdlite.core.server import Core
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.storage.backend import Entry, KeyValue
 from etcdlite.storage.memory.backend import MemoryBackend
-from etcdlite.storage.memory.mvcc import MVCCStore
-from etcdlite.storage.memory.writer import WAL
 from etcdlite.storage.memory.files import DiskFaults, StorageError
+from etcdlite.storage.memory.mvcc import MVCCStore
 from etcdlite.storage.memory.records import decode_entry, encode_entry, encode_record, frame_record
-from etcdlite.storage.memory.snapshot import (capture, decode_snapshot, encode_snapshot, restore_state,
-                                              snapshot_size)
+from etcdlite.storage.memory.snapshot import capture, decode_snapshot, encode_snapshot, restore_state, snapshot_size
+from etcdlite.storage.memory.writer import WAL
 from harness import ETCD_BIN, EtcdProcess, ServerStartError, etcdctl
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The gRPC engine (``server/engine.py``) and the client-port splice (``server/splice.py``).
+"""The gRPC engine (``server/transport/engine.py``) and the client-port splice (``server/transport/splice.py``).
 
 Everything else in the suite runs through them too; these tests cover what it would not reach:
 the engine on an event loop other than its own (the helper thread then carries every event),
@@ -15,15 +15,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import EtcdProcess, free_port
 
-from etcdlite.transport import engine
 from etcdlite.app import EtcdServer
 from etcdlite.config import from_args
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdlite.pb.v3lockpb import v3lock_pb2 as lpb
 from etcdlite.pb.v3lockpb import v3lock_pb2_grpc as lrpc
+from etcdlite.transport import engine
+from harness import EtcdProcess, free_port
 
 
 async def _exercise(endpoint: str) -> list[object]:

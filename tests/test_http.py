@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import ETCD_BIN, EtcdProcess, free_port, run_parallel
 
-from etcdlite.transport import gojson
-from etcdlite.transport.metrics import go_float
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
+from etcdlite.transport import gojson, jsonpb
+from etcdlite.transport.metrics import go_float
+from harness import ETCD_BIN, EtcdProcess, free_port, run_parallel
 
 CURL = shutil.which("curl")
 
@@ -551,16 +551,16 @@ def test_open_gateway_watch_does_not_hold_up_shutdown(tmp_path: Path) -> None:
 
 def test_encode_follows_jsonpb() -> None:
     c = pb.Compare(key=b"k", target=pb.Compare.MOD, version=0)  # a oneof member set to 0 is present
-    assert gojson.encode_message(c) == '{"target":"MOD","key":"aw==","version":"0"}'
+    assert jsonpb.encode_message(c) == '{"target":"MOD","key":"aw==","version":"0"}'
     member = pb.Member(ID=2**64 - 1, name="<a&b>\u2028\n\x01", peerURLs=["u"])
-    assert gojson.encode_message(member) == ('{"ID":"18446744073709551615","name":"\\u003ca\\u0026b\\u003e'
+    assert jsonpb.encode_message(member) == ('{"ID":"18446744073709551615","name":"\\u003ca\\u0026b\\u003e'
                                              '\\u2028\\n\\u0001","peerURLs":["u"]}')
-    assert gojson.encode_message(pb.RangeResponse()) == "{}"
+    assert jsonpb.encode_message(pb.RangeResponse()) == "{}"
 
 
 def test_decode_accepts_what_jsonpb_accepts() -> None:
     raw, _ = gojson.parse_next(b'{"key":"Zm9v\\r\\n","limit":"5","sortOrder":1,"sort_target":"MOD","revision":-1}')
-    r = gojson.decode_message(raw, pb.RangeRequest())
+    r = jsonpb.decode_message(raw, pb.RangeRequest())
     assert (r.key, r.limit, r.sort_order, r.sort_target, r.revision) == (b"foo", 5, 1, pb.RangeRequest.MOD, -1)
     with pytest.raises(gojson.Incomplete):
         gojson.parse_next(b'{"key":"Zm', final=False)

@@ -8,9 +8,26 @@ from __future__ import annotations
 
 import pytest
 
-from harness import (E_COMPACTED, E_DUPLICATE_KEY, E_EMPTY_KEY, E_FUTURE_REV, E_KEY_NOT_FOUND, E_LEASE_NOT_FOUND,
-                     E_LEASE_PROVIDED, E_TOO_MANY_OPS, E_VALUE_PROVIDED, Client, Err, compare, delete_req, op,
-                     pb, prefix_end, put_req, range_req, txn_req)
+from harness import (
+    E_COMPACTED,
+    E_DUPLICATE_KEY,
+    E_EMPTY_KEY,
+    E_FUTURE_REV,
+    E_KEY_NOT_FOUND,
+    E_LEASE_NOT_FOUND,
+    E_LEASE_PROVIDED,
+    E_TOO_MANY_OPS,
+    E_VALUE_PROVIDED,
+    Client,
+    Err,
+    compare,
+    delete_req,
+    pb,
+    prefix_end,
+    put_req,
+    range_req,
+    txn_req,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

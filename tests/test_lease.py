@@ -6,8 +6,19 @@ import time
 
 import pytest
 
-from harness import (E_LEASE_EXIST, E_LEASE_NOT_FOUND, E_LEASE_TTL_TOO_LARGE, MAX_LEASE_TTL, MIN_LEASE_TTL, Client,
-                     Err, LeaseRef, pb, put_req, wait_until)
+from harness import (
+    E_LEASE_EXIST,
+    E_LEASE_NOT_FOUND,
+    E_LEASE_TTL_TOO_LARGE,
+    MAX_LEASE_TTL,
+    MIN_LEASE_TTL,
+    Client,
+    Err,
+    LeaseRef,
+    pb,
+    put_req,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,8 +7,18 @@ import time
 import grpc
 import pytest
 
-from harness import (E_COMPACTED, E_EMPTY_KEY, E_LEASE_NOT_FOUND, E_REQUEST_TOO_LARGE, Client, Err, compare,
-                     delete_req, pb, put_req, range_req)
+from harness import (
+    E_COMPACTED,
+    E_EMPTY_KEY,
+    E_LEASE_NOT_FOUND,
+    E_REQUEST_TOO_LARGE,
+    Client,
+    Err,
+    compare,
+    pb,
+    put_req,
+    range_req,
+)
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -21,14 +21,10 @@ from typing import Any
 
 import grpc
 import pytest
+from linearizability import ANY, Op, check
 
-from harness import ETCDCTL, EtcdProcess, etcdctl, free_port
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
-
-try:  # the checker of branch harden, once merged; until then the per-key one of this branch
-    from linearizability import ANY, Op, check  # type: ignore[import-not-found]
-except ImportError:
-    from register_check import ANY, Op, check
+from harness import ETCDCTL, EtcdProcess, etcdctl, free_port
 
 pytest.importorskip("psycopg")
 

@@ -154,7 +154,7 @@ def test_seed_session(differential, binary):
         return out
 
     r = differential(scenario)
-    L100, L2, L1000, L20, L3, L300 = "<lease1>", "<lease2>", "<lease3>", "<lease4>", "<lease5>", "<lease6>"
+    L100, _L2, L1000, L20, L3, L300 = "<lease1>", "<lease2>", "<lease3>", "<lease4>", "<lease5>", "<lease6>"
     assert r["grant100"] == (0, f"lease {L100} granted with TTL(100s)", "")
     assert r["put_key1"] == (0, "OK", "")
     assert r["get_key1"] == (0, "key1\nhello", "")

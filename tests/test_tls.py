@@ -23,11 +23,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from test_auth import ROOT_PW, auth_call, ctl, login, run_scenario, setup_root
 
 from etcdlite.pb.authpb import auth_pb2
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from harness import Client, Err, EtcdProcess, Stubs, run_parallel
-from test_auth import ROOT_PW, auth_call, ctl, login, run_scenario, setup_root
 
 E_DENIED = Err("PERMISSION_DENIED", "etcdserver: permission denied")
 

@@ -31,15 +31,16 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 
 from etcdlite.core import watch as hubmod
-from etcdlite.storage.memory.backend import MemoryBackend
-from etcdlite.storage.memory.mvcc import MVCCStore
+from etcdlite.core.watch import WatchHub
+from etcdlite.core.watchers import WatchSpec, prefix_end
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdlite.pb.v3electionpb import v3election_pb2 as epb
 from etcdlite.pb.v3electionpb import v3election_pb2_grpc as erpc
 from etcdlite.pb.v3lockpb import v3lock_pb2 as lpb
 from etcdlite.pb.v3lockpb import v3lock_pb2_grpc as lrpc
-from etcdlite.core.watch import WatchHub, WatchSpec, prefix_end
+from etcdlite.storage.memory.backend import MemoryBackend
+from etcdlite.storage.memory.mvcc import MVCCStore
 from harness import ETCD_BIN, ETCDCTL, EtcdProcess, etcdctl
 
 PROGRESS_FLAG = ["--experimental-watch-progress-notify-interval=500ms"]

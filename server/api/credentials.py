@@ -15,6 +15,18 @@ class CredentialsReader:
         self._client_cert_auth = client_cert_auth
 
     def __call__(self, context: CallContext) -> Credentials:
+        """The call's credentials (read once per call: a stream's messages share them)."""
+        cached: Credentials | None = getattr(context, "credentials", None)
+        if cached is not None:
+            return cached
+        who = self._read(context)
+        try:
+            context.credentials = who  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+        return who
+
+    def _read(self, context: CallContext) -> Credentials:
         token = authorization = None
         via_gateway = False
         for key, value in context.invocation_metadata() or ():

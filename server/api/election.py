@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from .. import errors
+from ..core.recipes import (
+    ERR_MISSING_LEADER_KEY,
+    Election,
+    LocalClient,
+    as_client_error,
+    leader,
+    observe,
+)
 from ..core.server import Core
+from ..pb.v3electionpb import v3election_pb2 as epb
 from .context import CallContext
 from .credentials import CredentialsReader
-from ..pb.v3electionpb import v3election_pb2 as epb
-from ..core.recipes import (
-    ERR_MISSING_LEADER_KEY, Election, LocalClient, as_client_error, leader, observe,
-)
 
 
 class ElectionService:

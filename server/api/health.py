@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import errors
-from ..core.alarm import CORRUPT, NOSPACE
+from ..core.alarm import CORRUPT, NOSPACE, alarm_name
 from ..core.server import Core
 from ..pb.etcdserverpb import rpc_pb2 as pb
 
@@ -66,7 +66,7 @@ class HealthChecks:
 
     def alarms(self, excluded: set[str]) -> Health:
         for member in self._core.alarms.get():
-            name = pb.AlarmType.Name(member.alarm)
+            name = alarm_name(member.alarm)
             if name in excluded:
                 continue
             reason = {NOSPACE: "ALARM NOSPACE", CORRUPT: "ALARM CORRUPT"}.get(member.alarm, "ALARM UNKNOWN")

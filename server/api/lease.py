@@ -28,6 +28,11 @@ class LeaseService:
         async for request in requests:
             await context.write(await keep_alive(request, who))
 
+    async def lease_keep_alive_each(self, request: pb.LeaseKeepAliveRequest, context: CallContext
+                                    ) -> pb.LeaseKeepAliveResponse:
+        """One message of the keep-alive stream, as the gRPC engine serves it (see rpc.PerMessage)."""
+        return await self._core.lease_keep_alive(request, self._who(context))
+
     async def lease_time_to_live(self, request: pb.LeaseTimeToLiveRequest, context: CallContext
                                  ) -> pb.LeaseTimeToLiveResponse:
         return await self._core.lease_time_to_live(request, self._who(context))

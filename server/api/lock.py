@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from .. import errors
+from ..core.recipes import LocalClient, as_client_error, lock
 from ..core.server import Core
+from ..pb.v3lockpb import v3lock_pb2 as lpb
 from .context import CallContext
 from .credentials import CredentialsReader
-from ..pb.v3lockpb import v3lock_pb2 as lpb
-from ..core.recipes import LocalClient, as_client_error, lock
 
 
 class LockService:

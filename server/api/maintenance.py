@@ -1,11 +1,14 @@
 """etcdserverpb.Maintenance: each request is one call into ``core.maintenance``; Snapshot streams the
-file in 32 KiB chunks and then its SHA-256, as etcd's v3rpc does with its bbolt file."""
+bbolt file core wrote (``core.snapshot``) in 32 KiB chunks and then its SHA-256, as etcd's v3rpc does:
+``etcdctl snapshot save`` stores it, ``etcdutl snapshot status|restore`` read it, and so does
+``etcdlite snapshot restore FILE --data-dir DIR``."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 
+from .. import errors
 from ..core.maintenance import Maintenance
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from .context import CallContext
@@ -43,18 +46,21 @@ class MaintenanceService:
         return await self._maintenance.downgrade(request, self._who(context))
 
     async def snapshot(self, request: pb.SnapshotRequest, context: CallContext) -> None:
-        data, header = await self._maintenance.snapshot(self._who(context))
-        total = len(data)
-        log.info("sending database snapshot to client", extra={"fields": {"total-bytes": total}})
-        digest = hashlib.sha256()
-        sent = 0
-        while sent < total:
-            blob = data[sent:sent + SNAPSHOT_CHUNK]
-            sent += len(blob)
-            digest.update(blob)
-            resp = pb.SnapshotResponse(remaining_bytes=total - sent, blob=blob)
-            if sent == len(blob):
-                resp.header.CopyFrom(header)  # the first header marks the snapshot's point in time
-            await context.write(resp)
+        snap = await self._maintenance.snapshot(self._who(context))
+        with snap.file as f:
+            total = snap.size
+            log.info("sending database snapshot to client", extra={"fields": {"total-bytes": total}})
+            digest = hashlib.sha256()
+            sent = 0
+            while sent < total:
+                blob = f.read(min(SNAPSHOT_CHUNK, total - sent))
+                if not blob:
+                    raise errors.EtcdError(errors.Code.INTERNAL, "etcdserver: snapshot file ended early")
+                sent += len(blob)
+                digest.update(blob)
+                resp = pb.SnapshotResponse(remaining_bytes=total - sent, blob=blob)
+                if sent == len(blob):
+                    resp.header.CopyFrom(snap.header)  # the first header marks the snapshot's point in time
+                await context.write(resp)
         await context.write(pb.SnapshotResponse(remaining_bytes=0, blob=digest.digest()))
         log.info("sent database snapshot to client", extra={"fields": {"total-bytes": total}})

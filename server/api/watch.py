@@ -20,7 +20,8 @@ from .. import errors
 from ..core.auth.model import WATCH_PERMISSION_DENIED, Credentials
 from ..core.kv import set_kv
 from ..core.server import Core
-from ..core.watch import Watcher, WatchResponse, WatchSpec, WatchStream
+from ..core.watch import WatchStream
+from ..core.watchers import Watcher, WatchResponse, WatchSpec
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..pb.mvccpb import kv_pb2
 from ..storage.backend import KeyValue
@@ -313,5 +314,7 @@ class WatchService:
         for result in results:
             if isinstance(result, Exception):
                 log.warning("watch stream ended by an error: %r", result)
+        if stream.ended_by is not None:  # cut (fault injection)
+            raise stream.ended_by
         if self._hub.closed:
             raise errors.STOPPED

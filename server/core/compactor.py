@@ -17,8 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .. import errors
-from ..lifecycle import OwnedTask
 from ..config import ConfigError, parse_go_duration
+from ..lifecycle import OwnedTask
 
 log = logging.getLogger("etcdlite.compactor")
 
@@ -109,7 +109,7 @@ class PeriodicCompactor(Compactor):
                 continue
             base = self.interval
             rev = revs[0]
-            fields = {"compact-period": f"{self.period}s"}
+            fields: dict[str, object] = {"compact-period": f"{self.period}s"}
             log.info("starting auto periodic compaction", extra={"fields": {**fields, "revision": rev}})
             if await self._try(rev, fields):
                 log.info("completed auto periodic compaction", extra={"fields": {**fields, "revision": rev}})
@@ -130,7 +130,7 @@ class RevisionCompactor(Compactor):
             rev = self._revision() - self.retention
             if rev <= 0 or rev == prev:
                 continue
-            fields = {"revision-compaction-retention": self.retention}
+            fields: dict[str, object] = {"revision-compaction-retention": self.retention}
             log.info("starting auto revision compaction", extra={"fields": {**fields, "revision": rev}})
             if await self._try(rev, fields):
                 prev = rev

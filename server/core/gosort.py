@@ -22,8 +22,8 @@ class _Data:
     def less(self, i: int, j: int) -> bool:
         k, p = self.keys, self.perm
         if self.reverse:
-            return k[p[j]] < k[p[i]]
-        return k[p[i]] < k[p[j]]
+            return bool(k[p[j]] < k[p[i]])
+        return bool(k[p[i]] < k[p[j]])
 
     def swap(self, i: int, j: int) -> None:
         p = self.perm

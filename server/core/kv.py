@@ -7,14 +7,15 @@ the caller answers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from .. import errors
-from .gosort import go_sort
-from ..storage.backend import Backend, KeyValue, WriteTxn
-from .lease import Lessor
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..pb.mvccpb import kv_pb2
+from ..storage.backend import Backend, KeyValue, WriteTxn
+from .gosort import go_sort
+from .lease import Lessor
 
 RangeRequest = pb.RangeRequest
 Compare = pb.Compare
@@ -41,7 +42,7 @@ def set_kv(m: kv_pb2.KeyValue, kv: KeyValue, keys_only: bool = False) -> None:
         m.lease = kv.lease
 
 
-def add_kvs(repeated, kvs: Iterable[KeyValue], keys_only: bool = False) -> None:
+def add_kvs(repeated: Any, kvs: Iterable[KeyValue], keys_only: bool = False) -> None:
     """Append ``kvs`` to a repeated mvccpb.KeyValue field, built in place."""
     add = repeated.add
     for kv in kvs:
@@ -308,7 +309,7 @@ class KVApplier:
 
         walk(r)
 
-    def _apply_txn(self, txn: WriteTxn, r: pb.TxnRequest, path, resp: pb.TxnResponse) -> None:
+    def _apply_txn(self, txn: WriteTxn, r: pb.TxnRequest, path: Iterator[bool], resp: pb.TxnResponse) -> None:
         succeeded = next(path)
         resp.succeeded = succeeded
         for op in r.success if succeeded else r.failure:
@@ -316,21 +317,17 @@ class KVApplier:
             out = resp.responses.add()
             # each answer is built in place (SetInParent: present even where every field is default)
             if which == "request_range":
-                sub = out.response_range
-                sub.SetInParent()
-                self.range(op.request_range, txn, sub)
+                out.response_range.SetInParent()
+                self.range(op.request_range, txn, out.response_range)
             elif which == "request_put":
-                sub = out.response_put
-                sub.SetInParent()
-                self._put(txn, op.request_put, sub)
+                out.response_put.SetInParent()
+                self._put(txn, op.request_put, out.response_put)
             elif which == "request_delete_range":
-                sub = out.response_delete_range
-                sub.SetInParent()
-                self._delete_range(txn, op.request_delete_range, sub)
+                out.response_delete_range.SetInParent()
+                self._delete_range(txn, op.request_delete_range, out.response_delete_range)
             elif which == "request_txn":
-                sub = out.response_txn
-                self._apply_txn(txn, op.request_txn, path, sub)
-                sub.header.SetInParent()
+                self._apply_txn(txn, op.request_txn, path, out.response_txn)
+                out.response_txn.header.SetInParent()
 
 
 
@@ -360,8 +357,8 @@ def _compare_kv(c: pb.Compare, kv: KeyValue | None) -> bool:
     return True
 
 
-def _cmp(a, b) -> int:
-    return (a > b) - (a < b)
+def _cmp(a: Any, b: Any) -> int:
+    return int((a > b) - (a < b))
 
 
 def has_put(r: pb.TxnRequest) -> bool:

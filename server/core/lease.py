@@ -19,10 +19,10 @@ from typing import Any, Protocol
 
 from .. import errors
 from ..lifecycle import OwnedTask
+from ..storage.backend import MAX_LEASE_TTL
 
 log = logging.getLogger("etcdlite.lease")
 
-MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL (seconds)
 # etcd: ceil(1.5 * election timeout) with the default 100 ms heartbeat and 10 election ticks
 DEFAULT_MIN_TTL = math.ceil((3 * 10) // 2 * 0.1)
 

@@ -14,14 +14,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from .. import errors
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..pb.mvccpb import kv_pb2
 from ..pb.v3electionpb import v3election_pb2 as epb
 from .kv import to_pb
+from .ranges import EncodedResponse
 from .server import Core, Who
-from .watch import StreamClosed, WatchResponse, WatchSpec, prefix_end
+from .watchers import StreamClosed, WatchResponse, WatchSpec, prefix_end
 
 DEFAULT_SESSION_TTL = 60  # concurrency.defaultSessionTTL
 NO_LEASE = 0
@@ -48,7 +50,7 @@ def lease_key(prefix: bytes, lease: int) -> bytes:
     return prefix + format(lease, "x").encode()
 
 
-def _prefix_range(prefix: bytes, **kwargs: object) -> pb.RangeRequest:
+def _prefix_range(prefix: bytes, **kwargs: Any) -> pb.RangeRequest:
     return pb.RangeRequest(key=prefix, range_end=prefix_end(prefix) or b"\x00", **kwargs)
 
 
@@ -122,7 +124,8 @@ class LocalClient:
         return await self.core.txn(r, self._who)
 
     async def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
-        return await self.core.range(r, self._who)
+        resp = await self.core.range(r, self._who)
+        return resp.message() if isinstance(resp, EncodedResponse) else resp
 
     async def delete(self, key: bytes) -> pb.DeleteRangeResponse:
         return await self.core.delete_range(pb.DeleteRangeRequest(key=key), self._who)

@@ -22,8 +22,9 @@ from .. import errors
 from ..config import DEFAULT_QUOTA_BACKEND_BYTES, Config, ConfigError
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..storage.backend import Backend, KeyValue, Recovered, SharedState, WriteTxn
+from ..storage.datadir import secure_data_dir
 from . import alarm, kv, membership
-from .alarm import CORRUPT, NOSPACE, AlarmStore
+from .alarm import ALARMS_FILE, CORRUPT, NOSPACE, AlarmStore
 from .auth import store as auth_store
 from .auth.model import Credentials
 from .auth.store import AuthStore
@@ -31,6 +32,8 @@ from .compactor import Compactor, new_compactor
 from .kv import KVApplier
 from .lease import Lessor
 from .membership import Member, Membership
+from .ranges import EncodedResponse, ReadPins, read_in_parts, sliceable
+from .request_size import RaftSizeLimit
 from .watch import WatchHub
 
 log = logging.getLogger("etcdlite")
@@ -47,6 +50,7 @@ class Core:
 
     def __init__(self, config: Config, backend: Backend) -> None:
         self.config = config
+        secure_data_dir(Path(config.data_dir))  # before anything in it (auth.json, members.json) is read
         self.member_id = config.member_id
         self.cluster_id = config.cluster_id
         self.raft_term = RAFT_TERM
@@ -65,15 +69,16 @@ class Core:
                                      fsync=not config.unsafe_no_fsync)
         self.watches = WatchHub(backend)
         self.auth = AuthStore.from_config(config, self._lease_keys)
-        self.alarms = AlarmStore(member_dir / "alarms", fsync=not config.unsafe_no_fsync)
+        self.alarms = AlarmStore(member_dir / ALARMS_FILE, fsync=not config.unsafe_no_fsync)
         self.compactor: Compactor | None = new_compactor(
             config.auto_compaction_mode, config.auto_compaction_retention,
             lambda: backend.visible_revision, self.compact_to)
-        self._max_request_bytes = config.max_request_bytes
+        self._size_limit = RaftSizeLimit(config.max_request_bytes, self.member_id, self.auth)
         self._max_txn_ops = config.max_txn_ops
         self._recovered: Recovered | None = None
         self._shared = backend.shared_state is not None  # other instances write the same store
         self.on_removed: Callable[[], None] | None = None  # this member was removed: stop serving
+        self._read_pins = ReadPins()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> Recovered:
@@ -170,9 +175,6 @@ class Core:
         self.fill_header(header)
         return header
 
-    def _check_size(self, request: Any) -> None:
-        if request.ByteSize() > self._max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE
 
     @property
     def quota_bytes(self) -> int:
@@ -199,7 +201,7 @@ class Core:
             self.alarms.activate(self.member_id, NOSPACE)
             raise errors.NO_SPACE
 
-    async def _write(self, request: Any, apply: Callable[[WriteTxn], R], *, sized: bool = True,
+    async def _write(self, request: Any, who: Who, apply: Callable[[WriteTxn], R], *, sized: bool = True,
                      needs_space: bool = False, permitted: Callable[[], None] | None = None) -> R:
         """Size, quota, apply, wait durable, header: the rest of every write's pipeline.
 
@@ -207,7 +209,7 @@ class Core:
         instances share the store: an auth change one of them committed may have arrived meanwhile,
         and etcd checks permissions when it applies a write."""
         if sized:
-            self._check_size(request)
+            self._size_limit.check(request, who)  # as etcd measures it: the request wrapped for raft
         if needs_space:
             self.check_space()
         if permitted is not None and self._shared:
@@ -221,11 +223,13 @@ class Core:
         return resp
 
     # -- KV --------------------------------------------------------------------------------------------
-    async def range(self, r: pb.RangeRequest, who: Who) -> pb.RangeResponse:
+    async def range(self, r: pb.RangeRequest, who: Who) -> pb.RangeResponse | EncodedResponse:
         kv.check_range(r)
         if not r.serializable:  # as etcd: the read index first, so the permission check sees every
             await self.backend.read_index()  # auth change committed before the read (a shared backend)
         self.auth.check_range(who, r)
+        if sliceable(r):  # a range over many keys is read in parts, the loop free in between
+            return await read_in_parts(self.backend, self._read_pins, r, self.header())
         resp = self.kv.range(r)
         self.fill_header(resp.header)
         return resp
@@ -233,32 +237,34 @@ class Core:
     async def put(self, r: pb.PutRequest, who: Who) -> pb.PutResponse:
         kv.check_put(r)
         self.auth.check_put(who, r)
-        return await self._write(r, lambda txn: self.kv.put(txn, r), needs_space=True,
+        return await self._write(r, who, lambda txn: self.kv.put(txn, r), needs_space=True,
                                  permitted=lambda: self.auth.check_put(who, r))
 
     async def delete_range(self, r: pb.DeleteRangeRequest, who: Who) -> pb.DeleteRangeResponse:
         kv.check_delete(r)
         self.auth.check_delete_range(who, r)
-        return await self._write(r, lambda txn: self.kv.delete_range(txn, r),
+        return await self._write(r, who, lambda txn: self.kv.delete_range(txn, r),
                                  permitted=lambda: self.auth.check_delete_range(who, r))
 
     async def txn(self, r: pb.TxnRequest, who: Who) -> pb.TxnResponse:
         kv.check_txn(r, self._max_txn_ops)
         self.auth.check_txn(who, r)
         # etcd serves read-only txns without raft, so their size is not checked
-        return await self._write(r, lambda txn: self.kv.txn(txn, r), sized=not kv.is_read_only(r),
+        return await self._write(r, who, lambda txn: self.kv.txn(txn, r), sized=not kv.is_read_only(r),
                                  needs_space=kv.has_put(r), permitted=lambda: self.auth.check_txn(who, r))
 
     async def compact(self, r: pb.CompactionRequest, who: Who) -> pb.CompactionResponse:
         self.auth.check_token(who)  # etcd checks no permission for a compaction
         resp = pb.CompactionResponse()
         resp.header.revision = self.backend.current_revision
+        await self._read_pins.wait_below(r.revision)  # a range being read in parts finishes first
         await self.backend.compact(r.revision)
         self.fill_header(resp.header)
         return resp
 
     async def compact_to(self, revision: int) -> None:
         """The auto-compactor's compaction."""
+        await self._read_pins.wait_below(revision)
         await self.backend.compact(revision)
 
     # -- leases ----------------------------------------------------------------------------------------
@@ -269,7 +275,7 @@ class Core:
             lease = self.lessor.grant(txn, r.ID, r.TTL)
             return pb.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)
 
-        return await self._write(r, grant, needs_space=True)
+        return await self._write(r, who, grant, needs_space=True)
 
     async def lease_revoke(self, r: pb.LeaseRevokeRequest, who: Who) -> pb.LeaseRevokeResponse:
         self.auth.check_lease_revoke(who, r)
@@ -278,7 +284,7 @@ class Core:
             self.lessor.revoke(txn, r.ID)
             return pb.LeaseRevokeResponse()
 
-        return await self._write(r, revoke, sized=False)
+        return await self._write(r, who, revoke, sized=False)
 
     def _revoke_expired(self, lease_id: int) -> None:
         self.backend.write_nowait(lambda txn: self.lessor.revoke(txn, lease_id))

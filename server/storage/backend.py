@@ -13,11 +13,14 @@ the moment the backend can order it -- and the call returns once the write is du
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 R = TypeVar("R")
+
+# etcd's MaxLeaseTTL (seconds): the lessor refuses a longer grant, and a stored lease can hold no more
+MAX_LEASE_TTL = 9_000_000_000
 
 
 class KeyValue:
@@ -89,6 +92,19 @@ class Recovered:
     replayed: int  # steps applied on top of the newest snapshot
     source: str  # where the state came from, for the start-up log line
     cluster_id: int = 0  # the cluster's identity when the backend keeps one (a shared database); 0: none
+
+
+@dataclass(slots=True)
+class KeySpaceCapture:
+    """The key space at one point in time, as a snapshot needs it (etcd's key bucket and meta)."""
+
+    index: int  # the last step the state includes (etcd's consistent index)
+    revision: int  # the current (applied) revision
+    compact_revision: int  # etcd's compactMainRev: -1 until the first compaction
+    leases: dict[int, int]  # the granted leases: id -> TTL (a copy)
+    # every version the store holds, tombstones included -- what etcd's key bucket holds -- in
+    # (revision, sub revision) order; iterable once, possibly in another thread
+    versions: Iterable[KeyValue]
 
 
 class LeaseAttacher(Protocol):
@@ -203,6 +219,19 @@ class Backend(Protocol):
     def range(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, *,
               head: int | None = None, count_only: bool = False) -> RangeResult: ...
 
+    def read_revision(self, rev: int) -> tuple[int, int]:
+        """(the revision a read at ``rev`` serves (0: the head), the head) -- etcd's compacted and
+        future-revision errors if it cannot be served."""
+        ...
+
+    def range_chunk(self, key: bytes, end: bytes, rev: int, max_keys: int, want: int
+                    ) -> tuple[list[KeyValue], int, bytes | None]:
+        """Part of a range at ``rev`` (from ``read_revision``): the live versions among at most
+        ``max_keys`` keys from ``key`` on, below ``end`` (b"": no end), at most ``want`` (-1: all);
+        returns them, how many keys were live, and the key to go on from (None: done).  A large
+        range is read this way, a part at a time, so other requests are served in between."""
+        ...
+
     def changes_since(self, start_rev: int, upto: int) -> Iterator[tuple[int, list[KeyValue]]]:
         """(revision, versions written at it) for ``start_rev <= revision <= upto``, oldest first."""
         ...
@@ -304,9 +333,11 @@ class Backend(Protocol):
 
     async def defragment(self) -> None: ...
 
-    async def snapshot(self) -> tuple[bytes, int]:
-        """A consistent copy of the whole state, as ``etcdlite snapshot restore`` reads it, and the
-        revision it holds."""
+    def capture_key_space(self) -> KeySpaceCapture:
+        """The applied state now, for ``Maintenance.Snapshot``: taken at once on the event loop (so it
+        is one point in time) and cheaply -- ``versions`` must stay valid while writes go on, and
+        may be iterated in another thread.  What it holds may not be durable yet: the caller waits
+        with ``wait_applied`` before handing it out."""
         ...
 
     def hash_kv(self, rev: int) -> tuple[int, int]:

@@ -2,7 +2,8 @@
 
 * ``/health`` (etcd 3.5: alarms, leader, a read; ``?exclude=NOSPACE``, ``?serializable=true``),
   ``/livez`` and ``/readyz`` (etcd 3.6's check registries, also in etcd 3.5.13+), ``/version``,
-  ``/metrics``; ``/v3/...`` is the JSON gateway (``gateway.py``).
+  ``/metrics``; ``/v3/...`` is the JSON gateway (``gateway.py``); ``/debug/inject`` is fault
+  injection (``inject.py``), on the client side with ``--experimental-fault-injection`` only.
 * Where: ``--listen-client-http-urls`` (HTTP only, as etcd 3.5), ``--listen-metrics-urls``
   (``/metrics`` and the health endpoints), and the client port itself when the multiplexer in
   ``front.py`` hands a connection over.  Client-side responses carry etcd's default CORS headers.
@@ -22,8 +23,10 @@ from urllib.parse import urlsplit
 from ..api.health import HealthChecks, NodeFigures
 from ..config import Config, ConfigError
 from ..version import CLUSTER_VERSION, SERVER_VERSION
+from .console import Console
 from .gateway import Gateway
 from .httpd import Headers, HttpServer, Request, Response, StreamResponse, text_response
+from .inject import InjectApi
 from .metrics import CONTENT_TYPE, ServerMetrics, render
 
 log = logging.getLogger("etcdlite.http")
@@ -50,8 +53,11 @@ class EtcdHttp:
     """Routes one listener's requests: etcd's endpoints, and the gateway where it is served."""
 
     def __init__(self, checks: HealthChecks, metrics: ServerMetrics, figures: Callable[[], NodeFigures],
-                 gateway: Gateway | None, cors: bool) -> None:
+                 gateway: Gateway | None, cors: bool, console: Console | None = None,
+                 inject: InjectApi | None = None) -> None:
         self._checks = checks
+        self._console = console  # the web console at /ui (client side, unless --console=false)
+        self._inject = inject  # /debug/inject (client side, with --experimental-fault-injection)
         self._metrics = metrics
         self._figures = figures
         self._gateway = gateway
@@ -83,11 +89,15 @@ class EtcdHttp:
         clean = _clean_path(path)
         if clean != path:
             return _redirect(request, clean)
+        if self._inject is not None and self._inject.handles(path):
+            return await self._inject.handle(request)
         if self._gateway is not None:
             if path in ("/v3", "/v3beta"):
                 return _redirect(request, path + "/")
             if self._gateway.handles(path):
                 return await self._gateway.handle(request)
+        if self._console is not None and self._console.handles(path):
+            return self._console.handle(request)
         route = self._routes.get(path)
         if route is None:
             return text_response(404, "404 page not found")
@@ -196,9 +206,12 @@ class HttpListeners:
     metrics handler, on their listeners; ``client`` also serves connections the client-port
     multiplexer hands over.  ``start()``, ``close()``, ``wait_closed()``."""
 
-    def __init__(self, checks: HealthChecks, metrics: ServerMetrics, gateway: Gateway) -> None:
+    def __init__(self, checks: HealthChecks, metrics: ServerMetrics, gateway: Gateway, console: bool = True,
+                 inject: InjectApi | None = None) -> None:
         self._checks = checks
-        self.client = HttpServer(EtcdHttp(checks, metrics, checks.figures, gateway, cors=True).handle, "client-http")
+        client = EtcdHttp(checks, metrics, checks.figures, gateway, cors=True, console=Console() if console else None,
+                          inject=inject)
+        self.client = HttpServer(client.handle, "client-http")
         self.metrics = HttpServer(EtcdHttp(checks, metrics, checks.figures, None, cors=False).handle,
                                   "metrics-http")
         self.addresses: list[tuple[str, int]] = []  # (flag, port) of every listener, in order

@@ -22,12 +22,14 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
-from . import gojson
-from .rpc import BadRequest
-from .httpd import Body, BodyTooLarge, Headers, Request, Response, StreamResponse, text_response
+from ..core.ranges import EncodedResponse
 from ..pb.etcdserverpb import rpc_pb2
 from ..pb.v3electionpb import v3election_pb2
 from ..pb.v3lockpb import v3lock_pb2
+from . import gojson, jsonpb
+from .httpconn import Body, BodyError, BodyTooLarge
+from .httpd import Headers, Request, Response, StreamResponse, text_response
+from .rpc import BadRequest
 
 log = logging.getLogger("etcdlite.gateway")
 
@@ -110,7 +112,7 @@ _OK_HEADERS: Headers = [("Content-Type", JSON), ("Grpc-Metadata-Content-Type", "
 
 def error_body(code: grpc.StatusCode, message: str) -> bytes:
     """grpc-gateway's errorBody, as jsonpb writes it."""
-    text = gojson.go_string(message)
+    text = jsonpb.go_string(message)
     return f'{{"error":{text},"code":{code.value[0]},"message":{text}}}'.encode()
 
 
@@ -122,12 +124,12 @@ def stream_error_chunk(code: grpc.StatusCode, message: str) -> bytes:
     """grpc-gateway's mid-stream error: {"error": StreamError} (no newline after it)."""
     status = http_status(code)
     return (f'{{"error":{{"grpc_code":{code.value[0]},"http_code":{status},'
-            f'"message":{gojson.go_string(message)},"http_status":{gojson.go_string(HTTPStatus(status).phrase)}}}}}'
+            f'"message":{jsonpb.go_string(message)},"http_status":{jsonpb.go_string(HTTPStatus(status).phrase)}}}}}'
             ).encode()
 
 
 def result_chunk(message: Message) -> bytes:
-    return ('{"result":' + gojson.encode_message(message) + "}\n").encode()
+    return ('{"result":' + jsonpb.encode_message(message) + "}\n").encode()
 
 
 # -- the servicer context ----------------------------------------------------------------------
@@ -258,7 +260,7 @@ class _BodyMessages:
                 await self._more()
                 continue
             self._buf, self._pos = self._buf[end:], 0
-            return gojson.decode_message(raw, cls())
+            return jsonpb.decode_message(raw, cls())
 
     async def _more(self) -> None:
         data = await self._body.read()
@@ -300,6 +302,8 @@ class Gateway:
             return error_response(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except BodyTooLarge:
             return self._too_large(self._max_body)
+        except BodyError as exc:  # grpc-gateway: the body's read error as InvalidArgument
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, exc.text)
         request_or_refusal = self._within_limit(message)
         context = GatewayContext(forwarded_metadata(request), request.peer,
                                  asyncio.Queue(maxsize=16) if route.server_streaming else None)
@@ -309,7 +313,9 @@ class Gateway:
             reply = await handler.unary_unary(request_or_refusal, context)
         except GatewayAbort as exc:
             return error_response(exc.code, exc.details)
-        return Response(200, gojson.encode_message(reply).encode(), list(_OK_HEADERS))
+        if isinstance(reply, EncodedResponse):  # a large range, built as its wire encoding
+            reply = reply.message()
+        return Response(200, jsonpb.encode_message(reply).encode(), list(_OK_HEADERS))
 
     def _refusal(self, size: int) -> BadRequest:
         return BadRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -328,7 +334,7 @@ class Gateway:
     async def _read_one(self, route: Route, request: Request) -> Message:
         body = await request.body.read_all(self._max_body)
         raw, _ = gojson.parse_next(body)
-        return gojson.decode_message(raw, route.request_cls())
+        return jsonpb.decode_message(raw, route.request_cls())
 
     async def _bidi(self, route: Route, handler: grpc.RpcMethodHandler, request: Request) -> Response | StreamResponse:
         reader = _BodyMessages(request.body, self._max_body)
@@ -350,7 +356,7 @@ class Gateway:
         while True:
             try:
                 message = await reader.next(route.request_cls)
-            except (gojson.GoJSONError, BodyTooLarge, ConnectionError) as exc:
+            except (gojson.GoJSONError, BodyTooLarge, BodyError, ConnectionError) as exc:
                 log.debug("gateway: request stream ended: %s", exc)
                 return
             if message is None:

@@ -4,6 +4,8 @@ Every etcd service is registered from its descriptor; a method a servicer does n
 answers UNIMPLEMENTED with the method's name.  The guard counts each call in the metrics, turns
 a request grpc-go would have refused (``BadRequest``) into its status, and ends a call that
 raised with the status ``api.status`` maps the error to (UNKNOWN, logged, for anything else).
+It is also where injected faults (``core.faults``) hit: once per request, a stream's requests
+included, at the cost of one attribute check while none is set.
 """
 
 from __future__ import annotations
@@ -14,18 +16,37 @@ import inspect
 import logging
 import re
 from collections.abc import Callable
-from typing import Any, NoReturn, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.message import DecodeError
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 
 from ..api.context import CallContext
 from ..api.status import grpc_status
+from ..errors import Code, EtcdError
 from .metrics import GrpcMetrics, MethodStats, grpc_type
+from .wirescan import redecode
 
 log = logging.getLogger("etcdlite.api")
+
+
+class Faults(Protocol):
+    """The fault injector as the guards see it (``core.faults.FaultInjector``)."""
+
+    active: bool
+
+    async def before(self, method: str) -> None: ...
+
+
+class _NoFaults:
+    """The guards' injector when fault injection is off: never active."""
+
+    active = False
+
+    async def before(self, method: str) -> None:  # pragma: no cover - never called
+        return None
 
 
 class RpcContext(CallContext, Protocol):
@@ -58,11 +79,19 @@ class BadRequest:
         self.message = message
 
 
-def _deserializer(req_cls: Any, max_bytes: int) -> Callable[[bytes], Any]:
+def _serialize(response: Any) -> bytes:
+    """A response message, or one core built as its encoding already (``core.ranges.EncodedResponse``)."""
+    data: bytes = response.SerializeToString()
+    return data
+
+
+def _deserializer(req_cls: Any, max_bytes: int, max_txn_ops: int) -> Callable[[bytes], Any]:
     """Parse a request, refusing what grpc-go refuses with grpc-go's words.
 
-    gRPC core's own limit is set far higher, so a request between
-    ``--max-request-bytes`` + 512 KiB and that gets etcd's message, not core's.
+    gRPC core refuses a message above ``max_bytes`` first, at its length prefix (app.py); the
+    size check here only guards a handler called with a bigger one some other way.
+    What upb refuses and grpc-go would take (deep Txns, non-UTF-8 strings) is sorted out by
+    ``wirescan.redecode``.
     """
     parse = req_cls.FromString
 
@@ -73,16 +102,41 @@ def _deserializer(req_cls: Any, max_bytes: int) -> Callable[[bytes], Any]:
         try:
             return parse(data)
         except DecodeError as exc:
-            return BadRequest(grpc.StatusCode.INTERNAL, f"grpc: error unmarshalling request: {exc}")
+            outcome = redecode(req_cls, data, exc, max_txn_ops)
+            return BadRequest(*outcome) if isinstance(outcome, tuple) else outcome
 
     return deserialize
 
 
-async def _checked(requests: Any, context: RpcContext) -> Any:
-    async for request in requests:
+class _CheckedRequests:
+    """A client stream's requests: one grpc-go would have refused, or one an injected fault hits,
+    ends the call.  ``failure`` keeps that error, so the call ends with it also when the servicer
+    read the requests in a task of its own and swallowed it (Watch)."""
+
+    __slots__ = ("_requests", "_context", "_faults", "_method", "failure")
+
+    def __init__(self, requests: Any, context: RpcContext, faults: Faults, method: str) -> None:
+        self._requests = aiter(requests)
+        self._context = context
+        self._faults = faults
+        self._method = method
+        self.failure: BaseException | None = None
+
+    def __aiter__(self) -> _CheckedRequests:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await anext(self._requests)
         if type(request) is BadRequest:
-            await context.abort(request.code, request.message)
-        yield request
+            self.failure = EtcdError(Code[request.code.name], request.message)
+            await self._context.abort(request.code, request.message)
+        if self._faults.active:
+            try:
+                await self._faults.before(self._method)
+            except EtcdError as exc:
+                self.failure = exc
+                raise
+        return request
 
 
 def _status_of(exc: BaseException, context: RpcContext) -> grpc.StatusCode:
@@ -98,13 +152,16 @@ def _status_of(exc: BaseException, context: RpcContext) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def _guard_unary(fn: Callable[..., Any], method: str, stats: MethodStats) -> Callable[..., Any]:
+def _guard_unary(fn: Callable[..., Any], method: str, stats: MethodStats, faults: Faults, short: str
+                 ) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def handler(request: Any, context: RpcContext) -> Any:
         stats.started += 1
         try:
             if type(request) is BadRequest:
                 await context.abort(request.code, request.message)
+            if faults.active:
+                await faults.before(short)
             response = await fn(request, context)
         except BaseException as exc:
             stats.done(_status_of(exc, context))
@@ -120,8 +177,8 @@ def _guard_unary(fn: Callable[..., Any], method: str, stats: MethodStats) -> Cal
     return handler
 
 
-def _guard_stream(fn: Callable[..., Any], method: str, stats: MethodStats, client_streaming: bool
-                  ) -> Callable[..., Any]:
+def _guard_stream(fn: Callable[..., Any], method: str, stats: MethodStats, client_streaming: bool,
+                  faults: Faults, short: str) -> Callable[..., Any]:
     """Streaming handlers written as coroutines that use ``context.write`` / ``read``."""
 
     @functools.wraps(fn)
@@ -131,8 +188,14 @@ def _guard_stream(fn: Callable[..., Any], method: str, stats: MethodStats, clien
             if type(request_or_iterator) is BadRequest:
                 await context.abort(request_or_iterator.code, request_or_iterator.message)
             if client_streaming:
-                request_or_iterator = _checked(request_or_iterator, context)
-            await fn(request_or_iterator, context)
+                requests = _CheckedRequests(request_or_iterator, context, faults, short)
+                await fn(requests, context)
+                if requests.failure is not None:
+                    raise requests.failure
+            else:
+                if faults.active:
+                    await faults.before(short)
+                await fn(request_or_iterator, context)
         except BaseException as exc:
             stats.done(_status_of(exc, context))
             if isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception):
@@ -142,6 +205,58 @@ def _guard_stream(fn: Callable[..., Any], method: str, stats: MethodStats, clien
         stats.handled[0] += 1
 
     return handler
+
+
+class PerMessage:
+    """A bidi stream whose every request gets exactly one response (LeaseKeepAlive), as the engine
+    serves it without a task: ``each`` is the guarded handler of one message.  The servicer provides
+    it as ``<method>_each(request, context) -> response``; the plain stream handler (``<method>``)
+    stays for the HTTP gateway."""
+
+    __slots__ = ("_fn", "_method", "_stats", "_faults", "_short")
+
+    def __init__(self, fn: Callable[..., Any], method: str, stats: MethodStats, faults: Faults, short: str) -> None:
+        self._fn = fn
+        self._method = method
+        self._stats = stats
+        self._faults = faults
+        self._short = short
+
+    def begin(self) -> None:
+        self._stats.started += 1
+
+    async def each(self, request: Any, context: RpcContext) -> Any:
+        try:
+            if type(request) is BadRequest:
+                await context.abort(request.code, request.message)
+            if self._faults.active:
+                await self._faults.before(self._short)
+            return await self._fn(request, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await abort_with(context, exc, self._method)  # every other error becomes a status
+            raise
+
+    def end(self, exc: BaseException | None, context: RpcContext) -> None:
+        if exc is None:
+            self._stats.handled[0] += 1
+        else:
+            self._stats.done(_status_of(exc, context))
+
+
+class MethodHandler(NamedTuple):
+    """grpc.RpcMethodHandler's fields, plus the engine's per-message path where a servicer has one."""
+
+    request_streaming: bool
+    response_streaming: bool
+    request_deserializer: Callable[[bytes], Any] | None
+    response_serializer: Callable[[Any], bytes] | None
+    unary_unary: Callable[..., Any] | None
+    unary_stream: Callable[..., Any] | None
+    stream_unary: Callable[..., Any] | None
+    stream_stream: Callable[..., Any] | None
+    per_message: PerMessage | None = None
 
 
 def _unimplemented(full_name: str, stats: MethodStats) -> Callable[..., Any]:
@@ -155,29 +270,38 @@ def _unimplemented(full_name: str, stats: MethodStats) -> Callable[..., Any]:
 
 def generic_handler(service: ServiceDescriptor, impl: object | None, metrics: GrpcMetrics | None = None,
                     registry: dict[str, grpc.RpcMethodHandler] | None = None,
-                    max_receive_bytes: int = 4 * 1024 * 1024) -> grpc.GenericRpcHandler:
+                    max_receive_bytes: int = 4 * 1024 * 1024, faults: Faults | None = None,
+                    max_txn_ops: int = 128) -> grpc.GenericRpcHandler:
     """The service's handlers, counted in ``metrics``; each is also put in ``registry`` under
-    its path ("/etcdserverpb.KV/Range"), where the HTTP gateway finds the very same handler."""
+    its path ("/etcdserverpb.KV/Range"), where the HTTP gateway finds the very same handler.
+    ``faults``: the injector whose faults hit them, named "Service/Method" ("KV/Range")."""
     metrics = metrics if metrics is not None else GrpcMetrics()
+    faults = faults if faults is not None else _NoFaults()
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
         req_cls = message_factory.GetMessageClass(method.input_type)
-        resp_cls = message_factory.GetMessageClass(method.output_type)
         full = f"{service.full_name}/{method.name}"
+        short = f"{service.name}/{method.name}"
         fn = getattr(impl, _snake(method.name), None) if impl is not None else None
         cs, ss = method.client_streaming, method.server_streaming
         stats = metrics.register(service.full_name, method.name, grpc_type(cs, ss))
         if fn is None:
             fn = _unimplemented(full, stats)
         elif cs or ss:
-            fn = _guard_stream(fn, full, stats, cs)
+            fn = _guard_stream(fn, full, stats, cs, faults, short)
         else:
-            fn = _guard_unary(fn, full, stats)
+            fn = _guard_unary(fn, full, stats, faults, short)
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"{full} handler must be async")
-        kwargs = dict(request_deserializer=_deserializer(req_cls, max_receive_bytes),
-                      response_serializer=resp_cls.SerializeToString)
-        if cs and ss:
+        kwargs = dict(request_deserializer=_deserializer(req_cls, max_receive_bytes, max_txn_ops),
+                      response_serializer=_serialize)
+        each = getattr(impl, _snake(method.name) + "_each", None) if impl is not None and cs and ss else None
+        if each is not None:
+            per_message = PerMessage(each, full, stats, faults, short)
+            handlers[method.name] = MethodHandler(  # type: ignore[assignment]
+                True, True, kwargs["request_deserializer"], kwargs["response_serializer"], None, None, None, fn,
+                per_message)
+        elif cs and ss:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(fn, **kwargs)
         elif cs:
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(fn, **kwargs)

@@ -1,220 +1,188 @@
-"""Byte-for-byte relays between socket pairs, on a thread of their own, with splice(2).
+"""The relay process: each gRPC connection of the muxed client port, moved byte for byte to gRPC core.
 
-The client-port mux hands each gRPC connection here: its bytes then move between the client and the
-internal gRPC listener in the kernel (through a pipe per direction), and the event loop, which serves
-the gRPC calls themselves, never sees them. Back-pressure: a direction whose pipe cannot be emptied
-into its destination stops reading its source until the destination is writable again.
+The client-port mux (``front.py``) hands each gRPC connection over with ``hand_over(sock, head)``: the
+socket (SCM_RIGHTS on a SOCK_SEQPACKET pair) with the bytes already read from it. The relay process
+connects it to gRPC core's internal abstract unix socket and moves its bytes both ways; the event
+loop never sees them, and the server closes its own descriptor of the client's socket at once.
 
-The loop runs in C (``_splice.c``, built by ``pip install`` where a compiler is at hand), which never
-takes the GIL; else in Python below (``ETCDLITE_PY_SPLICE=1`` forces it). bench/variants.md: the
-Python loop cost the default (muxed) client port about 30% more CPU per request than gRPC alone.
+Why a process: grpcio cannot take an accepted socket (core's ``grpc_server_add_channel_from_fd`` is
+not exported), so a muxed gRPC connection reaches core through a unix connection, whose two ends are
+descriptors like the client's socket: three per connection in one process, against etcd's one. Split,
+the server process holds one (core's end) and the relay process two (the client's socket and its end
+of the unix connection), so either can keep ~RLIMIT_NOFILE/2 connections open.
+
+The loop is C (``_splice.c``, built by ``pip install`` where a compiler is at hand), else Python
+(``relay_loop.py``; ``ETCDLITE_PY_SPLICE=1`` forces it); both are loaded by file in a bare interpreter
+(``python -I -S``), so the process holds nothing of the server's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import importlib.util
 import logging
 import os
-import select
 import socket
-import struct
-import threading
+import subprocess
+import sys
+from collections.abc import Callable
 
-try:
-    from . import _splice as _native
-except ImportError:  # built without a C compiler: the Python loop
-    _native = None
+log = logging.getLogger("etcdlite.relay")
 
-log = logging.getLogger("etcdlite.splice")
+START_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 5.0
+RESTART_DELAY_SECONDS = 1.0
 
-_CHUNK = 1 << 16
-_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-
-
-class _Direction:
-    """src -> pipe -> dst."""
-
-    __slots__ = ("src", "dst", "pipe_r", "pipe_w", "pending", "eof")
-
-    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
-        self.src = src
-        self.dst = dst
-        self.pipe_r, self.pipe_w = os.pipe()
-        self.pending = 0  # bytes in the pipe, not yet in dst
-        self.eof = False  # src said EOF; dst was shut for writing once the pipe drained
-
-    def close(self) -> None:
-        os.close(self.pipe_r)
-        os.close(self.pipe_w)
+# The relay process: it ignores the terminal's and a process group's stop signals, as the server
+# ends it by closing its end of the control socket (also when the server is killed).
+_BOOT = """
+import importlib.util, os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+module, path, ctl, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+spec = importlib.util.spec_from_file_location(module, path)
+loop = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(loop)
+os.write(ctl, b"ready")
+loop.serve(ctl, name)
+"""
 
 
-class _Relay:
-    __slots__ = ("a", "b", "up", "down", "closed")
-
-    def __init__(self, a: socket.socket, b: socket.socket) -> None:
-        self.a, self.b = a, b
-        self.up = _Direction(a, b)
-        self.down = _Direction(b, a)
-        self.closed = False
-
-    def directions(self) -> tuple[_Direction, _Direction]:
-        return self.up, self.down
+class RelayError(RuntimeError):
+    """The relay process could not be started."""
 
 
-_MESSAGE = struct.Struct("=cii")  # the control pipe, as _splice.c reads it: b"n" + two fds, or b"q"
+def relay_loop_file() -> tuple[str, str]:
+    """(module name, file) of the loop the relay process runs: the C one where it was built."""
+    if not os.environ.get("ETCDLITE_PY_SPLICE"):
+        spec = importlib.util.find_spec(f"{__package__}._splice")
+        if spec is not None and spec.origin:
+            return "_splice", spec.origin
+    return "relay_loop", os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay_loop.py")
 
 
-class Splicer:
-    """Owns the relay thread: ``relay(a, b)`` hands it two connected sockets (closed when either side
-    ends); ``close()`` cuts every relay and stops it. The thread runs the C loop, or the Python one."""
+class GrpcRelay:
+    """Owns the relay process: ``start()``, ``hand_over()``, ``close()`` (which cuts every relayed
+    connection). ``on_refused(errno)`` hears of each connection the relay could not take; a relay
+    process that dies is started again."""
 
-    def __init__(self) -> None:
-        self._ctl_r, self._ctl_w = os.pipe()
-        os.set_blocking(self._ctl_r, False)
-        self._lock = threading.Lock()
-        self._stopping = False
-        if _native is not None and not os.environ.get("ETCDLITE_PY_SPLICE"):
-            serve = _native.serve
-        else:
-            serve = _serve
-        self._thread = threading.Thread(target=serve, args=(self._ctl_r,), name="client-mux-splice", daemon=True)
-        self._thread.start()
+    def __init__(self, name: str, on_refused: Callable[[int], None]) -> None:
+        self.name = name  # gRPC core's abstract unix socket, without its leading NUL
+        self._handed_over = 0  # since the relay process started
+        self._received = 0  # of those, how many it took, and how many of them are open, as it
+        self._open = 0  # said last
+        self._on_refused = on_refused
+        self._ctl: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._restart: asyncio.Task[None] | None = None
+        self._closing = False
 
-    def relay(self, a: socket.socket, b: socket.socket) -> None:
-        a.setblocking(False)
-        b.setblocking(False)
-        with self._lock:
-            if self._stopping:
-                a.close()
-                b.close()
-                return
-            os.write(self._ctl_w, _MESSAGE.pack(b"n", a.detach(), b.detach()))
+    @property
+    def connections(self) -> int:
+        """Connections handed over and not ended: each holds gRPC core's end in this process."""
+        return self._open + self._handed_over - self._received
 
-    def close(self) -> None:
-        with self._lock:
-            if self._stopping:
-                return
-            self._stopping = True
-            os.write(self._ctl_w, _MESSAGE.pack(b"q", -1, -1))
-        self._thread.join()
-        os.close(self._ctl_r)
-        os.close(self._ctl_w)
-
-
-def _serve(ctl_fd: int) -> None:
-    """The Python loop: what ``_splice.serve`` does, where the extension was not built."""
-    _PythonLoop(ctl_fd).serve()
-
-
-class _PythonLoop:
-    def __init__(self, ctl_fd: int) -> None:
-        self._ctl_fd = ctl_fd
-        self._epoll = select.epoll()
-        self._epoll.register(ctl_fd, select.EPOLLIN)
-        self._by_fd: dict[int, tuple[_Relay, socket.socket]] = {}
-        self._masks: dict[int, int] = {}
-        self._relays: set[_Relay] = set()
-
-    def serve(self) -> None:
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        module, path = relay_loop_file()
         try:
-            while True:
-                for fd, mask in self._epoll.poll():
-                    if fd == self._ctl_fd:
-                        if self._control():
-                            return
-                        continue
-                    entry = self._by_fd.get(fd)
-                    if entry is not None and not entry[0].closed:
-                        self._on_ready(entry[0], entry[1], mask)
-        finally:
-            for relay in list(self._relays):
-                self._close(relay)
-            self._epoll.close()
-
-    def _control(self) -> bool:
-        """Take the relays handed over; whether to stop."""
-        try:
-            data = os.read(self._ctl_fd, _MESSAGE.size * 64)
-        except BlockingIOError:
-            return False
-        if not data:
-            return True  # the owner is gone
-        for op, a, b in _MESSAGE.iter_unpack(data):  # writes of one message each are atomic
-            if op == b"q":
-                return True
-            relay = _Relay(socket.socket(fileno=a), socket.socket(fileno=b))
-            self._relays.add(relay)
-            for sock in (relay.a, relay.b):
-                self._by_fd[sock.fileno()] = (relay, sock)
-                self._masks[sock.fileno()] = select.EPOLLIN
-                self._epoll.register(sock.fileno(), select.EPOLLIN)
-        return False
-
-    def _on_ready(self, relay: _Relay, sock: socket.socket, mask: int) -> None:
-        if mask & select.EPOLLERR or (mask & select.EPOLLHUP and not self._masks.get(sock.fileno())):
-            self._close(relay)  # an error, or a hang-up on a socket nothing can be read from now
-            return
-        try:
-            for d in relay.directions():
-                if d.dst is sock and mask & select.EPOLLOUT:
-                    self._flush(d)
-                if d.src is sock and mask & (select.EPOLLIN | select.EPOLLHUP) and not d.pending and not d.eof:
-                    self._pump(d)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _BOOT, module, path, str(theirs.fileno()), self.name],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         except OSError as exc:
-            if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT):
-                log.warning("relay failed", extra={"fields": {"error": str(exc)}})
-            self._close(relay)
-            return
-        if relay.up.eof and relay.down.eof and not relay.up.pending and not relay.down.pending:
-            self._close(relay)
-            return
-        self._update(relay)
-
-    def _pump(self, d: _Direction) -> None:
+            ours.close()
+            raise RelayError(f"cannot start the gRPC relay process: {exc}") from None
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        ready = b""
         try:
-            n = os.splice(d.src.fileno(), d.pipe_w, _CHUNK, flags=_FLAGS)
-        except BlockingIOError:
-            return
-        if n == 0:
-            d.eof = True
-            d.dst.shutdown(socket.SHUT_WR)
-            return
-        d.pending += n
-        self._flush(d)
+            ready = await asyncio.wait_for(self._loop.sock_recv(ours, 16), START_TIMEOUT_SECONDS)
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            if ready != b"ready" or self._closing:  # also when cancelled
+                ours.close()
+                self._stop_process()
+        if ready != b"ready" or self._closing:
+            raise RelayError(f"the gRPC relay process did not start (exit code {self._proc.returncode})")
+        self._ctl = ours
+        self._handed_over = self._received = self._open = 0
+        self._loop.add_reader(ours.fileno(), self._on_report)
 
-    def _flush(self, d: _Direction) -> None:
-        while d.pending:
-            try:
-                n = os.splice(d.pipe_r, d.dst.fileno(), d.pending, flags=_FLAGS)
-            except BlockingIOError:
-                return
-            d.pending -= n
-
-    def _update(self, relay: _Relay) -> None:
-        """Each socket: readable wanted while its outgoing pipe is empty, writable while its incoming one is not."""
-        for sock in (relay.a, relay.b):
-            out = relay.up if sock is relay.a else relay.down
-            inc = relay.down if sock is relay.a else relay.up
-            mask = 0
-            if not out.pending and not out.eof:
-                mask |= select.EPOLLIN
-            if inc.pending:
-                mask |= select.EPOLLOUT
-            fd = sock.fileno()
-            if self._masks[fd] != mask:
-                self._masks[fd] = mask
-                self._epoll.modify(fd, mask)
-
-    def _close(self, relay: _Relay) -> None:
-        if relay.closed:
-            return
-        relay.closed = True
-        self._relays.discard(relay)
-        for sock in (relay.a, relay.b):
-            fd = sock.fileno()
-            if self._by_fd.pop(fd, None) is not None:
-                self._masks.pop(fd, None)
-                self._epoll.unregister(fd)
+    def hand_over(self, sock: socket.socket, head: bytes) -> None:
+        """Pass a client's gRPC connection to the relay (or refuse it); closes ``sock`` here."""
+        try:
+            if self._ctl is None:
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "no relay process")
+            socket.send_fds(self._ctl, [head], [sock.fileno()], socket.MSG_DONTWAIT)
+            self._handed_over += 1
+        except OSError as exc:  # EAGAIN: the relay is that far behind; EPIPE: it died
+            self._on_refused(exc.errno or 0)
+        finally:
             sock.close()
-        relay.up.close()
-        relay.down.close()
+
+    def _on_report(self) -> None:
+        assert self._ctl is not None
+        while True:
+            try:
+                message = self._ctl.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                message = b""
+            if not message:
+                self._lost()
+                return
+            what, *values = message.split()
+            if what == b"refused":
+                self._on_refused(int(values[0]))
+            elif what == b"state":
+                self._received, self._open = int(values[0]), int(values[1])
+
+    def _lost(self) -> None:
+        """The relay process ended by itself (killed, crashed): its connections are gone; start another."""
+        assert self._loop is not None and self._ctl is not None
+        self._loop.remove_reader(self._ctl.fileno())
+        self._ctl.close()
+        self._ctl = None
+        self._handed_over = self._received = self._open = 0
+        self._stop_process()
+        if self._closing:
+            return
+        log.error("the gRPC relay process ended; starting it again",
+                  extra={"fields": {"exit-code": self._proc.returncode if self._proc else None}})
+        self._restart = self._loop.create_task(self._start_again(), name="grpc-relay-restart")
+
+    async def _start_again(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(RESTART_DELAY_SECONDS)
+            try:
+                await self.start()
+                return
+            except RelayError as exc:
+                log.error("cannot start the gRPC relay process", extra={"fields": {"error": str(exc)}})
+
+    def _stop_process(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._proc.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def close(self) -> None:
+        """End the relay process and with it every relayed connection."""
+        self._closing = True
+        if self._restart is not None:
+            self._restart.cancel()
+        if self._ctl is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(self._ctl.fileno())
+            self._ctl.close()  # EOF: the relay closes its connections and exits
+            self._ctl = None
+        self._stop_process()

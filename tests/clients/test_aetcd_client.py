@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import start, stop
 
 SESSION = Path(__file__).parent / "scenarios" / "aetcd_session.py"

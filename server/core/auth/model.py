@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import cast
 
 import bcrypt
 
@@ -53,7 +54,8 @@ class Permission:
     perm_type: int  # READ, WRITE or READWRITE
 
     def to_pb(self) -> auth_pb2.Permission:
-        return auth_pb2.Permission(permType=self.perm_type, key=self.key, range_end=self.range_end)
+        return auth_pb2.Permission(permType=cast(auth_pb2.Permission.Type, self.perm_type), key=self.key,
+                                   range_end=self.range_end)
 
 
 @dataclass(slots=True)

@@ -39,20 +39,34 @@ import binascii
 import copy
 import json
 import logging
-import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ... import errors
 from ...config import Config, ConfigError
 from ...pb.authpb import auth_pb2
 from ...storage.backend import SharedState
-from ...storage.fsutil import fsync_dir
+from ...storage.fsutil import write_atomic
 from .model import (
-    AUTH_OLD_REVISION, DEFAULT_BCRYPT_COST, NO_PASSWORD_USER, PERMISSION_NOT_GIVEN, ROOT_ROLE, ROOT_USER, STATE_VERSION, STATE_FILE,
-    AuthInfo, Credentials, Permission, Role, User, hash_password, normalize_bcrypt_cost, password_matches,
+    AUTH_OLD_REVISION,
+    DEFAULT_BCRYPT_COST,
+    NO_PASSWORD_USER,
+    PERMISSION_NOT_GIVEN,
+    ROOT_ROLE,
+    ROOT_USER,
+    STATE_FILE,
+    STATE_VERSION,
+    AuthInfo,
+    Credentials,
+    Permission,
+    Role,
+    User,
+    hash_password,
+    normalize_bcrypt_cost,
+    password_matches,
 )
 from .perms import RangePerms, RequestChecks
 from .tokens import TokenProvider, new_token_provider
@@ -63,6 +77,11 @@ log = logging.getLogger("etcdlite.auth")
 # -- the store -------------------------------------------------------------------------------------
 SHARED_NAME = "auth"  # the state's name in a shared backend
 LeaseKeys = Callable[[int], Iterable[bytes] | None]  # a lease's attached keys; None when no such lease
+
+
+def save_state_file(path: Path, state: dict[str, Any], fsync: bool = True) -> None:
+    """Replace ``auth.json`` atomically; it holds password hashes, so only the owner may read it."""
+    write_atomic(path, json.dumps(state, indent=1).encode(), fsync)
 
 
 class AuthStore(RequestChecks):
@@ -103,26 +122,23 @@ class AuthStore(RequestChecks):
     # -- persistence ----------------------------------------------------------------------------
     def _load(self, path: Path) -> None:
         try:
-            self._decode(path.read_bytes())
+            self.load_state(json.loads(path.read_bytes()))
         except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise ConfigError(f"cannot load the auth state {path}: {exc}") from None
 
-    def _decode(self, data: bytes) -> None:
-        state = json.loads(data)
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take the state ``export_state`` gives (what auth.json holds)."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unknown version {state.get('version')!r}")
-        users: dict[str, User] = {}
-        roles: dict[str, Role] = {}
-        for u in state["users"]:
-            users[u["name"]] = User(u["name"], base64.b64decode(u["password"]), list(u["roles"]),
-                                    bool(u["no_password"]))
-        for r in state["roles"]:
-            roles[r["name"]] = Role(r["name"], [
-                Permission(base64.b64decode(p["key"]), base64.b64decode(p["range_end"]), int(p["type"]))
-                for p in r["permissions"]])
         self.enabled = bool(state["enabled"])
         self.revision = int(state["revision"])
-        self._users, self._roles = users, roles
+        for u in state["users"]:
+            self._users[u["name"]] = User(u["name"], base64.b64decode(u["password"]), list(u["roles"]),
+                                          bool(u["no_password"]))
+        for r in state["roles"]:
+            self._roles[r["name"]] = Role(r["name"], [
+                Permission(base64.b64decode(p["key"]), base64.b64decode(p["range_end"]), int(p["type"]))
+                for p in r["permissions"]])
 
     def use_shared(self, shared: SharedState) -> None:
         """Keep the state in a shared backend (every instance sees it) instead of the file."""
@@ -133,18 +149,20 @@ class AuthStore(RequestChecks):
 
     def replace_state(self, data: bytes) -> None:
         """The whole state as saved: another instance of a shared backend changed it."""
-        self._decode(data)
+        self._users, self._roles = {}, {}
+        self.load_state(json.loads(data))
         self._perm_cache.clear()
         if self.enabled:
             self._tokens.enable()
         else:
             self._tokens.disable()
 
-    def _encode(self) -> bytes:
+    def export_state(self) -> dict[str, Any]:
+        """The persisted state as plain data (what ``auth.json`` holds; snapshots carry it too)."""
         def b64(b: bytes) -> str:
             return base64.b64encode(b).decode()
 
-        state = {
+        return {
             "version": STATE_VERSION, "enabled": self.enabled, "revision": self.revision,
             "users": [{"name": u.name, "password": b64(u.password), "roles": u.roles, "no_password": u.no_password}
                       for u in self._users.values()],
@@ -152,28 +170,13 @@ class AuthStore(RequestChecks):
                 {"key": b64(p.key), "range_end": b64(p.range_end), "type": p.perm_type} for p in r.perms]}
                 for r in self._roles.values()],
         }
-        return json.dumps(state, indent=1).encode()
 
     def _save(self) -> None:
-        """Replace the state file atomically; it holds password hashes, so only the owner may read it."""
         if self._shared is not None:
-            self._shared.save(SHARED_NAME, self._encode())
+            self._shared.save(SHARED_NAME, json.dumps(self.export_state(), indent=1).encode())
             return
-        if self._path is None:
-            return
-        path = self._path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, self._encode())
-            if self._fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        if self._fsync:
-            fsync_dir(path.parent)
+        if self._path is not None:
+            save_state_file(self._path, self.export_state(), self._fsync)
 
     @contextmanager
     def _change(self, commit_revision: bool = True) -> Iterator[None]:

@@ -235,7 +235,7 @@ class JWTTokens:
             raise VERIFY_ONLY
         # Go marshals the claims map with sorted keys; so does this
         claims = {"exp": int(time.time() + self._ttl), "revision": revision, "username": username}
-        return jwt.encode(claims, self._sign_key, algorithm=self.algorithm)
+        return str(jwt.encode(claims, self._sign_key, algorithm=self.algorithm))
 
 
 def _read_key_file(path: str) -> bytes:
@@ -287,8 +287,8 @@ def _keys_mismatch(given: Any, derived: Any) -> bool:
     """etcd's (lenient) check: a mismatch only when every compared number differs."""
     a, b = given.public_numbers(), derived.public_numbers()
     if isinstance(a, rsa.RSAPublicNumbers):
-        return a.e != b.e and a.n != b.n
-    return a.curve.name != b.curve.name and a.x != b.x and a.y != b.y
+        return bool(a.e != b.e and a.n != b.n)
+    return bool(a.curve.name != b.curve.name and a.x != b.x and a.y != b.y)
 
 
 def parse_token_options(spec: str) -> tuple[str, dict[str, str]]:

@@ -6,9 +6,19 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from ... import errors
-from ..backend import DurableListener, KeyValue, LeaseAttacher, RangeResult, Recovered, SharedState, WriteTxn
+from ..backend import (
+    DurableListener,
+    KeySpaceCapture,
+    KeyValue,
+    LeaseAttacher,
+    RangeResult,
+    Recovered,
+    SharedState,
+    WriteTxn,
+)
+from .capture import capture_key_bucket
 from .mvcc import MVCCStore
-from .snapshot import snapshot_revision, snapshot_size
+from .snapshot import snapshot_size
 from .writer import WAL, WALOptions
 
 R = TypeVar("R")
@@ -71,6 +81,14 @@ class MemoryBackend:
     def range(self, key: bytes, end: bytes | None, rev: int = 0, limit: int = 0, *,
               head: int | None = None, count_only: bool = False) -> RangeResult:
         return self.store.range(key, end, rev, limit, head=head, count_only=count_only)
+
+    def read_revision(self, rev: int) -> tuple[int, int]:
+        head = self.store.visible_revision
+        return self.store.check_revision(rev, head), head
+
+    def range_chunk(self, key: bytes, end: bytes, rev: int, max_keys: int, want: int
+                    ) -> tuple[list[KeyValue], int, bytes | None]:
+        return self.store.range_chunk(key, end, rev, max_keys, want)
 
     def changes_since(self, start_rev: int, upto: int) -> Iterator[tuple[int, list[KeyValue]]]:
         return self.store.changes_since(start_rev, upto)
@@ -171,9 +189,11 @@ class MemoryBackend:
     async def defragment(self) -> None:
         await self._writer().snapshot()
 
-    async def snapshot(self) -> tuple[bytes, int]:
-        data = await self._writer().snapshot()
-        return data, snapshot_revision(data)
+    def capture_key_space(self) -> KeySpaceCapture:
+        store = self.store
+        return KeySpaceCapture(index=self.wal.index if self.wal is not None else 0,
+                               revision=store.current_revision, compact_revision=store.compact_main_revision,
+                               leases=dict(store.leases()), versions=capture_key_bucket(store))
 
     def hash_kv(self, rev: int) -> tuple[int, int]:
         return self.store.hash_kv(rev)

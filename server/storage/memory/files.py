@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..fsutil import fsync_dir
+from ..fsutil import fsync_dir, open_private
 from .records import segment_header
 
 MEMBER_DIR = "member"
@@ -77,7 +77,7 @@ def write_snapshot_file(snap_dir: Path, index: int, data: bytes, sync: bool,
     """Atomically: write a temporary file, fsync it, rename it into place, fsync the directory."""
     final = snap_dir / f"{index:016x}{SNAP_SUFFIX}"
     tmp = snap_dir / f"{final.name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
         _write_all(fd, data, faults)
         if sync:
@@ -105,7 +105,7 @@ class Segment:
     @classmethod
     def create(cls, wal_dir: Path, first_index: int, sync: bool, faults: DiskFaults | None = None) -> Segment:
         path = wal_dir / f"{first_index:016x}{WAL_SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        fd = open_private(path, os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
         try:
             header = segment_header(first_index)
             _write_all(fd, header, faults)
@@ -139,12 +139,14 @@ class Segment:
 def check_data_dir(member_dir: Path) -> None:
     """Refuse a real etcd's data dir instead of writing next to its files."""
     if (member_dir / SNAP_DIR / "db").exists():
-        raise refuse(f"{member_dir} holds a real etcd's bbolt database (snap/db), which etcdlite cannot read")
+        data_dir = member_dir.parent
+        raise refuse(f"{member_dir} holds a real etcd's bbolt database (snap/db): import it into a new data dir "
+                     f"with `etcdlite snapshot restore {data_dir} --data-dir NEW_DIR` (etcd must be stopped)")
 
 
 def lock_data_dir(member_dir: Path) -> int:
     path = member_dir / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -15,15 +15,15 @@ import asyncio
 import bisect
 import heapq
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from crc32c import crc32c
 from sortedcontainers import SortedList
 
 from ... import errors
-from ...pb.mvccpb import kv_pb2
 from ..backend import Entry, KeyValue, LeaseAttacher, RangeResult, tombstone
+from ..etcd.etcddb import marshal_version, revision_key
 
 
 class Journal(Protocol):
@@ -85,7 +85,7 @@ class MVCCStore:
     def _install_journal(self, journal: Journal) -> None:
         self._journal = journal
         if hasattr(journal, "on_durable"):
-            journal.on_durable = self._mark_durable  # type: ignore[attr-defined]
+            journal.on_durable = self._mark_durable
 
     def add_durable_listener(self, listener: Callable[[int, int], None]) -> None:
         """``listener(old_visible_revision, new_visible_revision)`` runs when writes become visible."""
@@ -189,33 +189,55 @@ class MVCCStore:
         rev = self.check_revision(rev, head)
         end = _end_of(end)
         if end is None:
-            kv = self.get(key, rev)
-            kvs = [] if kv is None else [kv]
-            return RangeResult([] if count_only else kvs, len(kvs), head)
+            one = self.get(key, rev)
+            found_one = [] if one is None else [one]
+            return RangeResult([] if count_only else found_one, len(found_one), head)
         keys = self._keys
         if end and key >= end:
             return RangeResult([], 0, head)
         # the keys in [key, end) by position: a slice of the sorted list, ~15x cheaper than irange
         found = keys[keys.bisect_left(key):keys.bisect_left(end) if end else len(keys)]
+        want = 0 if count_only else (limit if limit > 0 else -1)  # versions still to collect; -1: all
+        kvs, count = self._live(found, rev, want)
+        return RangeResult(kvs, count, head)
+
+    def range_chunk(self, key: bytes, end: bytes, rev: int, max_keys: int, want: int
+                    ) -> tuple[list[KeyValue], int, bytes | None]:
+        """Part of a range at ``rev`` (already checked): the live versions among at most ``max_keys``
+        keys of the index from ``key`` on, below ``end`` (b"": no end), at most ``want`` of them (-1:
+        all); returns them, how many were live, and the key to go on from (None: the range is done)."""
+        keys = self._keys
+        start = keys.bisect_left(key)
+        stop = keys.bisect_left(end) if end else len(keys)
+        resume = None
+        if stop - start > max_keys:
+            stop = start + max_keys
+            resume = keys[stop]
+        kvs, count = self._live(keys[start:stop], rev, want)
+        return kvs, count, resume
+
+    def _live(self, found: list[bytes], rev: int, want: int) -> tuple[list[KeyValue], int]:
+        """The versions of ``found`` live at ``rev`` (at most ``want``; -1: all) and how many are live."""
         history = self._history
         at = self._at
         kvs: list[KeyValue] = []
         count = 0
-        want = 0 if count_only else (limit if limit > 0 else -1)  # versions still to collect; -1: all
         for k in found:
             versions = history[k]
-            kv = versions[-1]
-            if kv.mod_revision > rev:  # written after rev: an older version (or none) was live then
+            last = versions[-1]
+            if last.mod_revision > rev:  # written after rev: an older version (or none) was live then
                 kv = at(versions, rev)
                 if kv is None:
                     continue
-            elif kv.version == 0:  # deleted
+            elif last.version == 0:  # deleted
                 continue
+            else:
+                kv = last
             count += 1
             if want:
                 kvs.append(kv)
                 want -= 1
-        return RangeResult(kvs, count, head)
+        return kvs, count
 
     def changes_since(self, start_rev: int, upto: int) -> Iterator[tuple[int, list[KeyValue]]]:
         """(revision, versions written at it) for start_rev <= revision <= upto, oldest first."""
@@ -331,6 +353,15 @@ class MVCCStore:
         """The granted leases (id -> TTL), as applied."""
         return self._granted
 
+    def change_log(self) -> tuple[list[int], list[list[KeyValue]]]:
+        """Copies of the change log: its revisions and the versions written at each (pointers only;
+        a revision's list never changes once recorded, so another thread may read them)."""
+        return self._revisions[:], self._changes[:]
+
+    def histories(self) -> Iterable[list[KeyValue]]:
+        """Every key's versions, keys in no particular order (a tenth of ``history()``'s cost)."""
+        return self._history.values()
+
     def history(self) -> Iterator[KeyValue]:
         """Every version the store holds (all that compaction kept), key by key, oldest first."""
         for key in self._keys:
@@ -371,8 +402,8 @@ class MVCCStore:
             below = [kv for kv in below if id(kv) in keep]
         h = crc32c(b"key")
         for kv in sorted(below + counted, key=lambda kv: (kv.mod_revision, kv.sub)):
-            h = crc32c(_revision_key(kv), h)
-            h = crc32c(_marshal(kv), h)
+            h = crc32c(revision_key(kv.mod_revision, kv.sub, kv.version == 0), h)
+            h = crc32c(marshal_version(kv), h)
         return h, current
 
     def all_live(self) -> Iterator[KeyValue]:
@@ -380,19 +411,6 @@ class MVCCStore:
             kv = self._at(self._history[key], self.current_revision)
             if kv is not None:
                 yield kv
-
-
-def _revision_key(kv: KeyValue) -> bytes:
-    """etcd's key bucket key: main and sub revision big-endian, a "t" marking a tombstone."""
-    mark = b"t" if kv.version == 0 else b""
-    return kv.mod_revision.to_bytes(8, "big") + b"_" + kv.sub.to_bytes(8, "big") + mark
-
-
-def _marshal(kv: KeyValue) -> bytes:
-    if kv.version == 0:
-        return kv_pb2.KeyValue(key=kv.key).SerializeToString()
-    return kv_pb2.KeyValue(key=kv.key, create_revision=kv.create_revision, mod_revision=kv.mod_revision,
-                           version=kv.version, value=kv.value, lease=kv.lease).SerializeToString()
 
 
 class WriteTxn:

@@ -113,7 +113,7 @@ def parse_segment_header(data: bytes) -> int | None:
     magic, first, crc = SEG_HEAD.unpack_from(data, 0)
     if magic != _SEG_MAGIC or crc != zlib.crc32(_SEG_MAGIC + first.to_bytes(8, "little")):
         return None
-    return first
+    return int(first)
 
 
 @dataclass(slots=True)
@@ -130,7 +130,7 @@ def _valid_record_at(data: bytes, off: int, index: int) -> bool:
     length, crc = _REC.unpack_from(data, off)
     end = off + _REC.size + length
     return end <= len(data) and zlib.crc32(data[off + _REC.size:end]) == crc and \
-        _REC_BODY.unpack_from(data, off + _REC.size)[0] == index
+        bool(_REC_BODY.unpack_from(data, off + _REC.size)[0] == index)
 
 
 def _followed_by_valid_record(data: bytes, off: int, bad_index: int, lookahead: int = 64) -> bool:

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..fsutil import make_private_dir
 from .files import SNAP_DIR, SNAP_SUFFIX, WAL_DIR, WAL_SUFFIX, Segment, listing, refuse
 from .mvcc import MVCCStore
 from .records import SEG_HEAD, decode_entry, parse_segment_header, scan_segment, segment_header
@@ -92,8 +93,8 @@ def _replay_segment(path: Path, first: int, expected: int, last: bool, store: MV
 def recover(member_dir: Path, store: MVCCStore, sync: bool = True) -> Recovery:
     """Load the newest snapshot, replay the log after it, rebuild lease attachments, tidy old files."""
     snap_dir, wal_dir = member_dir / SNAP_DIR, member_dir / WAL_DIR
-    snap_dir.mkdir(parents=True, exist_ok=True)
-    wal_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(snap_dir)
+    make_private_dir(wal_dir)
     store.begin_bulk_load()  # new keys join the sorted key index in one go, at the end
     index, snap_path, snap_size = _load_snapshot(snap_dir, store)
     segments = listing(wal_dir, WAL_SUFFIX)

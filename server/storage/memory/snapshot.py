@@ -1,30 +1,30 @@
-"""Snapshots: the whole state in one file, and the stream ``etcdctl snapshot save`` stores.
+"""Snapshots: the whole state in one file in the data dir (``member/snap``).
 
 *Snapshot*: header ``16s magic, Q body length, Q index, q revision, q compact revision, I #leases,
 I #groups``; leases ``q id, q TTL``; groups ``q revision, I #versions`` + versions encoded as the log's
 changes (every version compaction kept, grouped by the revision that wrote it, in write order); then
-a u32 crc32 of all of that, zero-padded to a multiple of 512 bytes.  ``Maintenance.Snapshot`` streams
-exactly such a file followed by etcd's 32-byte SHA-256 trailer, which is all ``etcdctl snapshot save``
-checks; ``etcdlite snapshot restore FILE --data-dir DIR`` makes a data dir from it.
+a u32 crc32 of all of that, zero-padded to a multiple of 512 bytes.  ``etcdlite snapshot restore``
+(``core.restore``) makes a data dir holding one from an etcd (bbolt) snapshot or from such a file
+(what ``Maintenance.Snapshot`` streamed before it sent bbolt), reading either as a stream.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..backend import Entry, KeyValue
-from ..fsutil import fsync_dir
-from .files import MEMBER_DIR, SNAP_DIR, WAL_DIR, Segment, StorageError, write_snapshot_file
+from ..fsutil import fsync_dir, open_private
+from .files import SNAP_SUFFIX
 from .mvcc import MVCCStore
 from .records import KV, LEASE, unpack_kvs
 
-SNAPSHOT_ALIGN = 512  # bbolt's page multiple: what `etcdctl snapshot save` expects before the SHA-256
-SHA256_SIZE = 32
+SNAPSHOT_ALIGN = 512  # files stay in whole sectors (what `etcdctl snapshot save` expected when they were streamed)
 _SNAP_MAGIC = b"etcdlite-snap\x00\x00\x02"
 _SNAP_HEAD = struct.Struct("<16sQQqqII")
 _GROUP = struct.Struct("<qI")
@@ -113,11 +113,6 @@ def decode_snapshot(data: bytes) -> SnapshotState:
     return SnapshotState(index, revision, compacted, [(i, t) for i, t in leases], groups)
 
 
-def snapshot_revision(data: bytes) -> int:
-    """The store revision a snapshot file holds (from its header)."""
-    return _SNAP_HEAD.unpack_from(data, 0)[3]
-
-
 def snapshot_size(store: MVCCStore) -> int:
     """The exact size a snapshot of the state would take now (etcd's dbSizeInUse), without encoding it."""
     size = _SNAP_HEAD.size + _CRC.size + len(store.leases()) * LEASE.size
@@ -133,43 +128,109 @@ def restore_state(state: SnapshotState, store: MVCCStore) -> None:
                        lease_grants=list(state.leases)))
 
 
-def _go_bytes(data: bytes) -> str:
-    """A byte slice as Go's %v prints it (etcdutl's wording)."""
-    return "[" + " ".join(str(b) for b in data) + "]"
+# -- streamed: ``etcdlite snapshot restore`` never holds a snapshot whole --------------------------
+@dataclass(slots=True)
+class SnapshotHead:
+    index: int
+    revision: int
+    compact_revision: int
+    leases: list[tuple[int, int]]
+    body_len: int
 
 
-def split_hash(data: bytes, skip_hash_check: bool = False) -> bytes:
-    """The snapshot without etcd's SHA-256 trailer, checked as ``etcdutl snapshot restore`` does."""
-    if len(data) % SNAPSHOT_ALIGN == SHA256_SIZE:
-        body, digest = data[:-SHA256_SIZE], data[-SHA256_SIZE:]
-        actual = hashlib.sha256(body).digest()
-        if not skip_hash_check and actual != digest:
-            raise StorageError(f"expected sha256 {_go_bytes(digest)}, got {_go_bytes(actual)}")
-        return body
-    if not skip_hash_check:
-        raise StorageError("snapshot missing hash but --skip-hash-check=false")
-    return data
+def stream_snapshot(f: BinaryIO) -> tuple[SnapshotHead, Iterator[tuple[int, list[KeyValue]]]]:
+    """A snapshot file read group by group from ``f``, never whole (``etcdlite snapshot restore``).
+
+    The groups iterator raises ValueError on damage; its crc is checked once it has read the last one.
+    """
+    head = f.read(_SNAP_HEAD.size)
+    if len(head) < _SNAP_HEAD.size:
+        raise ValueError(f"too short ({len(head)} bytes)")
+    magic, body_len, index, revision, compacted, n_leases, n_groups = _SNAP_HEAD.unpack(head)
+    if magic != _SNAP_MAGIC:
+        raise ValueError("not an etcdlite snapshot (bad magic)")
+    reader = _CrcReader(f, body_len - _SNAP_HEAD.size, zlib.crc32(head))
+    if n_leases * LEASE.size > body_len:
+        raise ValueError(f"the header counts {n_leases} leases, more than the body holds")
+    leases = [(i, t) for i, t in LEASE.iter_unpack(reader.take(n_leases * LEASE.size))]
+    return SnapshotHead(index, revision, compacted, leases, body_len), _stream_groups(reader, f, n_groups)
 
 
-def restore_snapshot_file(snapshot_file: str | os.PathLike[str], data_dir: str | os.PathLike[str],
-                          skip_hash_check: bool = False) -> SnapshotState:
-    """``etcdlite snapshot restore``: a new data dir holding the snapshot and an empty log."""
-    target = Path(data_dir)
-    if target.exists() and any(target.iterdir()):
-        raise StorageError(f'data-dir "{target}" not empty or could not be read')
-    try:
-        data = Path(snapshot_file).read_bytes()
-    except OSError as exc:
-        raise StorageError(f"cannot read {snapshot_file}: {exc.strerror}") from None
-    body = split_hash(data, skip_hash_check)
-    try:
-        state = decode_snapshot(body)
-    except ValueError as exc:
-        raise StorageError(f"{snapshot_file} is not an etcdlite snapshot ({exc})") from None
-    member = target / MEMBER_DIR
-    (member / SNAP_DIR).mkdir(parents=True, exist_ok=True)
-    (member / WAL_DIR).mkdir(parents=True, exist_ok=True)
-    write_snapshot_file(member / SNAP_DIR, state.index, body, sync=True)
-    Segment.create(member / WAL_DIR, state.index + 1, sync=True).close()
-    fsync_dir(member)
-    return state
+class _CrcReader:
+    """Exact reads of the snapshot body, crc'ed on the way."""
+
+    def __init__(self, f: BinaryIO, remaining: int, crc: int) -> None:
+        self._f = f
+        self.remaining = remaining
+        self.crc = crc
+
+    def take(self, n: int) -> bytes:
+        if n > self.remaining:
+            raise ValueError("a record runs past the end of the body")
+        data = self._f.read(n)
+        if len(data) != n:
+            raise ValueError("truncated")
+        self.remaining -= n
+        self.crc = zlib.crc32(data, self.crc)
+        return data
+
+
+def _stream_groups(reader: _CrcReader, f: BinaryIO, n_groups: int) -> Iterator[tuple[int, list[KeyValue]]]:
+    for _ in range(n_groups):
+        revision, count = _GROUP.unpack(reader.take(_GROUP.size))
+        if count * KV.size > reader.remaining:
+            raise ValueError(f"revision {revision} counts {count} versions, more than the body holds")
+        kvs = []
+        for _ in range(count):
+            klen, vlen, create, mod, version, lease, sub = KV.unpack(reader.take(KV.size))
+            data = reader.take(klen + vlen)
+            kvs.append(KeyValue(data[:klen], data[klen:], create, mod, version, lease, sub))
+        yield revision, kvs
+    if reader.remaining:
+        raise ValueError(f"{reader.remaining} stray bytes in the body")
+    crc = f.read(_CRC.size)
+    if len(crc) != _CRC.size or _CRC.unpack(crc)[0] != reader.crc:
+        raise ValueError("crc mismatch")
+
+
+def write_snapshot_streamed(snap_dir: Path, index: int, revision: int, compact_revision: int,
+                            leases: list[tuple[int, int]], groups: Iterable[tuple[int, list[KeyValue]]],
+                            sync: bool = True) -> tuple[Path, int]:
+    """A snapshot file from groups that arrive one at a time (a restore never holds them all).
+
+    The header, which counts them, is written last; the crc is then taken over the file.
+    """
+    final = snap_dir / f"{index:016x}{SNAP_SUFFIX}"
+    tmp = snap_dir / f"{final.name}.tmp"
+    with os.fdopen(open_private(tmp, os.O_RDWR | os.O_TRUNC), "w+b") as f:
+        f.write(bytes(_SNAP_HEAD.size))
+        for lease_id, ttl in leases:
+            f.write(LEASE.pack(lease_id, ttl))
+        n_groups = 0
+        for group_revision, kvs in groups:
+            f.write(_GROUP.pack(group_revision, len(kvs)))
+            for kv in kvs:
+                f.write(KV.pack(len(kv.key), len(kv.value), kv.create_revision, kv.mod_revision, kv.version,
+                                kv.lease, kv.sub))
+                f.write(kv.key)
+                f.write(kv.value)
+            n_groups += 1
+        body_len = f.tell()
+        f.seek(0)
+        f.write(_SNAP_HEAD.pack(_SNAP_MAGIC, body_len, index, revision, compact_revision, len(leases), n_groups))
+        f.seek(0)
+        crc, left = 0, body_len
+        while left:
+            chunk = f.read(min(left, 1 << 20))
+            crc = zlib.crc32(chunk, crc)
+            left -= len(chunk)
+        total = body_len + _CRC.size
+        f.write(_CRC.pack(crc) + bytes(-total % SNAPSHOT_ALIGN))
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+        size = f.tell()
+    os.replace(tmp, final)
+    if sync:
+        fsync_dir(snap_dir)
+    return final, size

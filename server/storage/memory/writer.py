@@ -4,7 +4,7 @@
 one ``write`` and one ``fdatasync`` (on the event loop's thread while syncs take under 2 ms, else in
 a one-thread executor so the loop keeps serving), then reports the last index durable.  Every
 ``snapshot_count`` entries, once the log outgrows the last snapshot (and at least 64 MiB), after a
-compaction, and on request (Defragment, Snapshot), the writer instead writes a snapshot of the
+compaction, and on request (Defragment), the writer instead writes a snapshot of the
 in-memory state -- which at that moment is exactly the effect of every entry appended so far --
 starts a new segment and deletes the old files.  A write or fsync error latches: the failing and all
 later writes are refused (UNAVAILABLE), reads keep serving what was durable, and a restart recovers
@@ -27,8 +27,20 @@ from pathlib import Path
 from ... import errors
 from ...lifecycle import OwnedTask
 from ..backend import Entry
-from .files import MEMBER_DIR, SNAP_DIR, SNAP_SUFFIX, WAL_DIR, WAL_SUFFIX, DiskFaults, Segment, check_data_dir, \
-    listing, lock_data_dir, write_snapshot_file
+from ..fsutil import make_private_dir
+from .files import (
+    MEMBER_DIR,
+    SNAP_DIR,
+    SNAP_SUFFIX,
+    WAL_DIR,
+    WAL_SUFFIX,
+    DiskFaults,
+    Segment,
+    check_data_dir,
+    listing,
+    lock_data_dir,
+    write_snapshot_file,
+)
 from .mvcc import MVCCStore
 from .records import encode_record
 from .recovery import Recovery, recover
@@ -93,7 +105,7 @@ class WAL:
     # -- start-up ---------------------------------------------------------------------------
     def open(self) -> Recovery:
         check_data_dir(self.member_dir)
-        self.member_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.member_dir)
         self._lock_fd = lock_data_dir(self.member_dir)
         # recovery only builds acyclic data (versions, lists, bytes): the cycle collector would scan
         # the growing heap again and again for nothing (half the start-up time with 1M keys)

@@ -22,10 +22,21 @@ import psycopg
 
 from ... import errors
 from ...config import Config
-from ..backend import DurableListener, Instance, KeyValue, LeaseAttacher, RangeResult, Recovered, SharedState, WriteTxn
+from ..backend import (
+    DurableListener,
+    Instance,
+    KeySpaceCapture,
+    KeyValue,
+    LeaseAttacher,
+    RangeResult,
+    Recovered,
+    SharedState,
+    WriteTxn,
+)
+from ..memory.capture import capture_key_bucket
 from ..memory.files import StorageError
 from ..memory.mvcc import MVCCStore
-from ..memory.snapshot import snapshot_revision, snapshot_size
+from ..memory.snapshot import snapshot_size
 from .applier import LogApplier
 from .dsn import connect_kwargs, redacted
 from .follower import Follower, ReadIndex
@@ -190,6 +201,15 @@ class PostgresBackend:
               head: int | None = None, count_only: bool = False) -> RangeResult:
         return self.store.range(key, end, rev, limit, head=head, count_only=count_only)
 
+    def read_revision(self, rev: int) -> tuple[int, int]:
+        store = self.store
+        head = store.visible_revision
+        return store.check_revision(rev, head), head
+
+    def range_chunk(self, key: bytes, end: bytes, rev: int, max_keys: int, want: int
+                    ) -> tuple[list[KeyValue], int, bytes | None]:
+        return self.store.range_chunk(key, end, rev, max_keys, want)
+
     def changes_since(self, start_rev: int, upto: int) -> Iterator[tuple[int, list[KeyValue]]]:
         return self.store.changes_since(start_rev, upto)
 
@@ -288,11 +308,15 @@ class PostgresBackend:
         return self._in_use[1]
 
     async def defragment(self) -> None:
+        """A snapshot into the database; the log before it is dropped."""
         await self._log().snapshot()
 
-    async def snapshot(self) -> tuple[bytes, int]:
-        data = await self._log().snapshot()
-        return data, snapshot_revision(data)
+    def capture_key_space(self) -> KeySpaceCapture:
+        applier = self._log()
+        store = applier.store
+        return KeySpaceCapture(index=applier.index, revision=store.current_revision,
+                               compact_revision=store.compact_main_revision, leases=dict(store.leases()),
+                               versions=capture_key_bucket(store))
 
     def hash_kv(self, rev: int) -> tuple[int, int]:
         return self.store.hash_kv(rev)
