@@ -10,7 +10,8 @@ ARGS ?=
 ETCDLITE_ARTIFACTS ?= $(CURDIR)/test-artifacts
 export ETCDLITE_ARTIFACTS
 
-.PHONY: install run test test-server test-clients lint proto proto-check bench clean crash-test browser
+.PHONY: install run test test-server test-postgres test-clients postgres lint proto proto-check bench clean \
+	crash-test browser
 
 $(STAMP): pyproject.toml server/transport/_splice.c
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +35,7 @@ proto-check: proto
 
 # Two pytest runs: the etcd3 client needs the pure-Python protobuf and
 # registers its own etcdserverpb descriptors, which clash with ours in one process.
-test: $(STAMP) proto-check lint test-server test-clients
+test: $(STAMP) proto-check lint test-server test-postgres test-clients
 
 # ruff over the tree; mypy --strict over core/ and storage/ (pyproject.toml [tool.mypy])
 lint: $(STAMP)
@@ -54,8 +55,28 @@ browser:
 		fi; \
 	fi
 
-test-server: $(STAMP) browser
+test-server: $(STAMP) browser postgres
 	$(BIN)/pytest -q tests --ignore=tests/clients
+
+# The differential KV, lease, watch and auth tests again, etcdlite over PostgreSQL (--backend) against etcd
+test-postgres: $(STAMP) postgres
+	$(BIN)/pytest -q tests/test_kv.py tests/test_lease.py tests/test_watch.py tests/test_auth.py \
+		--etcdlite-backend postgres
+
+# PostgreSQL for the tests of the shared backend (tests/pgcluster.py runs its own server in a temporary
+# dir): Debian's package, installed when missing, without the cluster Debian would create and start
+PG_CTL = $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
+postgres:
+	@if [ -z "$(PG_CTL)" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			mkdir -p /etc/postgresql-common; \
+			[ -e /etc/postgresql-common/createcluster.conf ] || \
+				echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Options::=--force-confold postgresql >/dev/null; \
+		else \
+			echo "PostgreSQL is not installed: its tests will be skipped (apt-get install postgresql)"; \
+		fi; \
+	fi
 
 test-clients: $(STAMP)
 	PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python $(BIN)/pytest -q tests/clients
@@ -71,5 +92,7 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 # etcd and etcdlite side by side under etcd's own benchmark tool (see bench/run.py)
-bench: $(STAMP)
+bench: $(STAMP) postgres
 	$(BIN)/python bench/run.py --out bench/results.md
+	$(BIN)/python bench/run.py --etcdlite-backend postgres --skip-keys \
+		--only put,range,txn-put,lease-keepalive,watch-latency --out bench/results-postgres.md

@@ -33,13 +33,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-BUILD_BENCHMARK = ROOT.parent / "shared" / "bin" / "build-etcd-benchmark"
+# shared/ beside the repository (a worktree further down finds it higher up)
+BUILD_BENCHMARK = next((p / "shared" / "bin" / "build-etcd-benchmark" for p in ROOT.parents
+                        if (p / "shared" / "bin" / "build-etcd-benchmark").exists()),
+                       ROOT.parent / "shared" / "bin" / "build-etcd-benchmark")
 LOADGEN_SRC = ROOT / "bench" / "loadgen" / "main.go"
 LOADGEN_BIN = Path.home() / ".cache" / "etcdlite-bench" / "loadgen"
 ETCDLITE_VARIANT = ""  # --etcdlite-variant: run etcdlite through bench/variant_server.py
+POSTGRES: Any = None  # --etcdlite-backend postgres: a throw-away PostgreSQL (fsync on); each etcdlite a database
 
 
 @dataclass
@@ -131,6 +136,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.startup_seconds = 0.0
         self.peer = f"http://127.0.0.1:{free_port()}"
+        self.backend = POSTGRES.new_database() if POSTGRES is not None and kind == "etcdlite" else ""
 
     def command(self) -> list[str]:
         url = f"http://127.0.0.1:{self.port}"
@@ -140,7 +146,7 @@ class Server:
             if ETCDLITE_VARIANT:  # e.g. the code of an older tree, for a before/after run
                 return [str(VENV_BIN / "python"), str(ROOT / "bench" / "variant_server.py"), ETCDLITE_VARIANT,
                         "--", *common]
-            return [str(VENV_BIN / "etcdlite"), *common]
+            return [str(VENV_BIN / "etcdlite"), *common, *(["--backend", self.backend] if self.backend else [])]
         peer = self.peer
         return [str(VENV_BIN / "etcd"), *common, "--listen-peer-urls", peer,
                 "--initial-advertise-peer-urls", peer, "--initial-cluster", f"default={peer}"]
@@ -347,10 +353,24 @@ def main() -> None:
                     help="runs of each workload per server, best kept, order alternated (default 3; quick 2)")
     ap.add_argument("--etcdlite-variant", default="",
                     help="start etcdlite as bench/variant_server.py VARIANT, e.g. src:DIR for an older tree")
+    ap.add_argument("--etcdlite-backend", choices=["embedded", "postgres"], default="embedded",
+                    help="postgres: etcdlite over a local PostgreSQL (fsync on) started for the run")
     ap.add_argument("--out", default="")
     opts = ap.parse_args()
-    global ETCDLITE_VARIANT
+    global ETCDLITE_VARIANT, POSTGRES
     ETCDLITE_VARIANT = opts.etcdlite_variant
+    if opts.etcdlite_backend == "postgres":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from pgcluster import PgCluster
+        POSTGRES = PgCluster.start(durable=True)
+    try:
+        run(opts)
+    finally:
+        if POSTGRES is not None:
+            POSTGRES.stop()
+
+
+def run(opts: argparse.Namespace) -> None:
     rounds_each = opts.rounds or (2 if opts.quick else 3)
     started = time.monotonic()
     binary = subprocess.run([str(BUILD_BENCHMARK)], capture_output=True, text=True, check=True).stdout.strip()
@@ -398,7 +418,8 @@ def main() -> None:
             f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
             f"etcd {etcd_version()}, both servers durable (fsync on), best of {rounds_each} run(s) per workload "
             f"and server, run took {elapsed / 60:.1f} min."
-            + (f" etcdlite: variant `{ETCDLITE_VARIANT}`." if ETCDLITE_VARIANT else "") + "\n"
+            + (f" etcdlite: variant `{ETCDLITE_VARIANT}`." if ETCDLITE_VARIANT else "")
+            + (" etcdlite: one instance over a local PostgreSQL (fsync on), `--backend`." if POSTGRES else "") + "\n"
             "ops/s rows: ratio = etcdlite/etcd ops/s; latency rows (watch-latency, 100 puts/s, put to event): "
             "ratio = etcd p99 / etcdlite p99; size, RSS and time rows: ratio = etcd/etcdlite. >1: etcdlite better. "
             "Server CPU: the server process's user+system time over the requests of its run.\n")

@@ -71,7 +71,15 @@ def _server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
 
 
 def open_backend(cfg: Config) -> Backend:
-    """The storage the flags ask for: the embedded store in ``--data-dir``."""
+    """The storage the flags ask for: the embedded store in ``--data-dir``, or a PostgreSQL database
+    shared by several instances (``--backend postgres://...``)."""
+    if cfg.backend:
+        try:
+            from .storage.postgres.backend import PostgresBackend
+        except ImportError as exc:  # psycopg is an optional dependency
+            raise ConfigError(f"--backend {cfg.backend.split(':', 1)[0]}:// needs psycopg "
+                              f"(pip install 'etcdlite[postgres]'): {exc}") from None
+        return PostgresBackend(cfg.backend, cfg)
     options = WALOptions(fsync=not cfg.unsafe_no_fsync, snapshot_count=cfg.snapshot_count or 100_000,
                          batch_limit=max(cfg.backend_batch_limit, 0), faults=DiskFaults.from_env())
     return MemoryBackend(cfg.data_dir, options)
@@ -83,6 +91,7 @@ class EtcdServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.core = Core(config, open_backend(config))
+        self.core.on_removed = self.close  # a removed member stops serving, as etcd's does
         self._grpc: GrpcEngine | None = None
         self._closed = asyncio.Event()
         self.ports: list[int] = []

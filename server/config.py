@@ -53,6 +53,7 @@ class Config:
     bcrypt_cost: int = 10  # etcd's default; 4..31
     log_format: str = "json"
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
+    backend: str = ""  # "": the embedded store in --data-dir; postgres://...: a database shared by instances
     console: bool = True  # the web console at /ui on the client HTTP ports
     fault_injection: bool = False  # /debug/inject on the client HTTP side (core/faults.py)
 
@@ -138,6 +139,7 @@ _FLAGS: dict[str, tuple[str, type | str]] = {
     "log-outputs": ("", str),
     "log-format": ("log_format", str),
     "experimental-watch-progress-notify-interval": ("watch_progress_notify_interval", _DURATION),
+    "backend": ("backend", str),
     "console": ("console", bool),
     "experimental-fault-injection": ("fault_injection", bool),
 }
@@ -240,6 +242,9 @@ FLAG_HELP: dict[str, str] = {
     "bcrypt-cost": "bcrypt cost for hashing user passwords, 4..31 (default 10)",
     "experimental-watch-progress-notify-interval": "period of progress notifications to watchers that "
                                                    "asked for them, as a Go duration (default 10m)",
+    "backend": "where the key space lives: empty for the embedded store in --data-dir (default), or "
+               "postgres://user[:password]@host[:port]/db for a PostgreSQL database several etcdlite "
+               "instances share (also ETCDLITE_BACKEND)",
     "console": "serve the web console at /ui on every client port that serves HTTP (default true)",
     "experimental-fault-injection": "serve /debug/inject on the client HTTP side: make requests fail with "
                                     "etcd's errors, add latency, pause, cut watches, expire leases (tests only)",
@@ -284,6 +289,8 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
         raw = getattr(args, flag.replace("-", "_"))
         if raw is None:
             raw = environ.get("ETCD_" + flag.upper().replace("-", "_"))
+        if raw is None and flag == "backend":
+            raw = environ.get("ETCDLITE_BACKEND")
         if raw is not None:
             values[attr] = _convert(flag, kind, raw)
     cfg = Config(**values)  # type: ignore[arg-type]
@@ -294,6 +301,8 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
     cfg.listen_addresses()
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f'unrecognized level: "{cfg.log_level}"')  # what etcd's zap says
+    if cfg.backend and urlsplit(cfg.backend).scheme not in ("postgres", "postgresql"):
+        raise ConfigError(f'invalid value "{cfg.backend}" for flag -backend: expected postgres://user@host:port/db')
     if cfg.log_format not in ("json", "console"):
         raise ConfigError(f'invalid value "{cfg.log_format}" for flag -log-format: expected "json" or "console"')
     return cfg, bool(args.version)

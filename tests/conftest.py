@@ -49,6 +49,14 @@ def _etcd_bin() -> str | None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--target", choices=["both", *TARGETS], default=os.environ.get("ETCDLITE_TEST_TARGET", "both"),
                      help="servers to test: etcdlite, real etcd, or both compared (default)")
+    parser.addoption("--etcdlite-backend", choices=["embedded", "postgres"],
+                     default=os.environ.get("ETCDLITE_TEST_BACKEND", "embedded"),
+                     help="the storage the fixtures' etcdlite servers use: the embedded store in their data "
+                          "dir (default), or a fresh database of a throw-away PostgreSQL each (--backend)")
+
+
+def etcdlite_backend(config: pytest.Config) -> str:
+    return str(config.getoption("--etcdlite-backend"))
 
 
 def selected_targets(config: pytest.Config) -> list[str]:
@@ -70,16 +78,19 @@ def _skip_if_missing(target: str) -> None:
 class _Servers:
     """Every process a test started; all stopped at teardown, and none may have died on its own."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, request: pytest.FixtureRequest) -> None:
         from harness import EtcdProcess
         self.cls = EtcdProcess
         self.base = base
         self.procs: list[EtcdProcess] = []
         self.n = 0
+        self._request = request
 
     def start(self, target: str, args: tuple[str, ...] | list[str] = (), data_dir: Path | None = None,
               wait: bool = True, **kw: Any) -> EtcdProcess:
         _skip_if_missing(target)
+        if target == "etcdlite" and etcdlite_backend(self._request.config) == "postgres":
+            args = [*args, "--backend", self._request.getfixturevalue("pg_cluster").new_database()]
         self.n += 1
         srv = self.cls(target, data_dir or self.base / f"{target}-{self.n}.data", args=args, **kw)
         self.procs.append(srv)
@@ -94,9 +105,20 @@ class _Servers:
         return crashed
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A throw-away PostgreSQL server for the session (tests/pgcluster.py); a database per test."""
+    import pgcluster
+    if not pgcluster.available():
+        pytest.skip("PostgreSQL is not installed (make test installs it: apt-get install -y postgresql)")
+    cluster = pgcluster.PgCluster.start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., EtcdProcess]]:
-    servers = _Servers(tmp_path)
+def server_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., EtcdProcess]]:
+    servers = _Servers(tmp_path, request)
     yield servers.start
     crashed = servers.close()
     if crashed:
@@ -128,7 +150,7 @@ def etcdctl(server: EtcdProcess) -> Callable[..., tuple[int, str, str]]:
 def differential(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     from harness import diff_transcripts, run_parallel
 
-    servers = _Servers(tmp_path)
+    servers = _Servers(tmp_path, request)
     targets = [t for t in selected_targets(request.config) if t != "etcd" or _etcd_bin() is not None]
     if not targets:
         pytest.skip("no target server available")

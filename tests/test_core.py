@@ -1,7 +1,8 @@
 """Core in process, over the storage Backend protocol: the request pipeline without gRPC.
 
 Every test takes a ``core`` built on each backend in ``BACKENDS`` (the embedded store in memory
-and in a data dir today); a new backend joins by adding its factory there.  What is asserted is
+and in a data dir, and PostgreSQL: a fresh database of the session's throw-away server); a new
+backend joins by adding its factory there.  What is asserted is
 etcd's behaviour as the differential tests pin it down against real etcd; here it is checked
 below the wire, where a backend's mistakes show first.
 """
@@ -26,10 +27,18 @@ from etcdlite.storage.etcd.etcddb import EtcdDB
 from etcdlite.storage.memory.backend import MemoryBackend
 from etcdlite.storage.memory.writer import WALOptions
 
-BackendFactory = Callable[[Path], Backend]
+BackendFactory = Callable[[Path, Config, pytest.FixtureRequest], Backend]
+
+
+def _postgres(path: Path, config: Config, request: pytest.FixtureRequest) -> Backend:
+    from etcdlite.storage.postgres.backend import PostgresBackend
+    return PostgresBackend(request.getfixturevalue("pg_cluster").new_database(), config)
+
+
 BACKENDS: dict[str, BackendFactory] = {
-    "memory": lambda _: MemoryBackend(None),
-    "data-dir": lambda path: MemoryBackend(str(path), WALOptions(fsync=False)),
+    "memory": lambda _, __, ___: MemoryBackend(None),
+    "data-dir": lambda path, _, __: MemoryBackend(str(path), WALOptions(fsync=False)),
+    "postgres": _postgres,
 }
 
 
@@ -37,7 +46,7 @@ BACKENDS: dict[str, BackendFactory] = {
 def make_core(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Core]:
     def make(**cfg: object) -> Core:
         config = Config(data_dir=str(tmp_path), **cfg)  # type: ignore[arg-type]
-        return Core(config, BACKENDS[request.param](tmp_path))
+        return Core(config, BACKENDS[request.param](tmp_path, config, request))
     return make
 
 
@@ -125,7 +134,10 @@ def test_a_write_is_visible_only_once_durable(make_core: Callable[..., Core]) ->
         seen: list[tuple[int, int]] = []
         backend.add_durable_listener(lambda old, new: seen.append((old, new)))
         pending = asyncio.ensure_future(core.put(put(b"k"), None))
-        await asyncio.sleep(0)  # applied, not necessarily durable yet
+        for _ in range(100_000):  # applied at the backend's turn (at once, or after a shared log's lock)
+            if backend.current_revision == 2:
+                break
+            await asyncio.sleep(0)
         assert backend.current_revision == 2
         reader = (await core.range(pb.RangeRequest(key=b"k"), None))
         assert reader.header.revision == backend.visible_revision

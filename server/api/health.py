@@ -57,6 +57,8 @@ class HealthChecks:
         if self.stopping:
             return errors.STOPPED.message
         try:
+            if not serializable:
+                self._core.backend.check_readable()  # a shared store out of reach fails linearizable reads
             self._core.kv.range(pb.RangeRequest(keys_only=True, limit=1, serializable=serializable))
         except errors.EtcdError as exc:
             return exc.message

@@ -15,12 +15,14 @@ from typing import cast
 
 from .. import errors
 from ..pb.etcdserverpb import rpc_pb2 as pb
+from ..storage.backend import SharedState
 from ..storage.fsutil import write_atomic
 
 log = logging.getLogger("etcdlite.alarm")
 
 ALARMS_FILE = "alarms"  # in member/: a JSON list of [alarm type, member ID]
 NONE, NOSPACE, CORRUPT = pb.NONE, pb.NOSPACE, pb.CORRUPT
+SHARED_NAME = "alarms"  # the document's name in a shared backend
 KNOWN = frozenset({NOSPACE, CORRUPT})  # what etcd 3.5 can raise; it panics on any other type
 
 
@@ -53,8 +55,18 @@ class AlarmStore:
         self._path = path
         self._fsync = fsync
         self._alarms: set[tuple[int, int]] = set()  # (alarm type, member id)
+        self._shared: SharedState | None = None
+
+    def use_shared(self, shared: SharedState) -> None:
+        """Keep the alarms in a shared backend (every instance sees them) instead of the file."""
+        self._shared = shared
 
     def load(self) -> None:
+        if self._shared is not None:
+            data = self._shared.load(SHARED_NAME)
+            if data is not None:
+                self.replace(data)
+            return
         if self._path is None or not self._path.exists():
             return
         try:
@@ -70,7 +82,15 @@ class AlarmStore:
                     "path": str(self._path), "alarm": alarm, "from": f"{member & 0xFFFFFFFFFFFFFFFF:x}"}})
         self._alarms = {(alarm, member) for alarm, member in alarms if alarm in KNOWN}
 
+    def replace(self, data: bytes) -> None:
+        """The whole set, as saved (a shared backend's instances apply each other's changes)."""
+        pairs = json.loads(data)
+        self._alarms = {(int(alarm), int(member)) for alarm, member in pairs}
+
     def _save(self) -> None:
+        if self._shared is not None:
+            self._shared.save(SHARED_NAME, json.dumps(sorted(self._alarms)).encode())
+            return
         if self._path is None:
             return
         try:

@@ -72,6 +72,7 @@ class Lessor:
         self._wakeup = asyncio.Event()
         self._reaper = OwnedTask("lease-reaper", self._reap_forever)
         self.on_expired: Callable[[int], None] | None = None  # revoke an expired lease (set by core)
+        self.local_expiry = True  # False: a shared backend's reaper decides expiry, this one stays idle
 
     # -- the store's side (LeaseAttacher) ------------------------------------------------
     def exists(self, lease_id: int) -> bool:
@@ -86,6 +87,29 @@ class Lessor:
         lease = self._leases.get(lease_id)
         if lease is not None:
             lease.keys.discard(key)
+
+    def granted(self, lease_id: int, ttl: int) -> None:
+        """Another instance granted it (``ttl`` is already the granted one)."""
+        if lease_id not in self._leases:
+            self._add(lease_id, ttl)
+
+    def revoked(self, lease_id: int) -> None:
+        """Another instance revoked it (its keys' deletes came with it)."""
+        self._leases.pop(lease_id, None)
+
+    def extend(self, lease_id: int, remaining: float) -> None:
+        """Kept alive through another instance: it expires ``remaining`` seconds from now (or later,
+        if a keep-alive here, not yet told to the others, said so)."""
+        lease = self._leases.get(lease_id)
+        expiry = self._clock() + remaining
+        if lease is not None and expiry > lease.expiry:
+            lease.expiry = expiry
+            self._schedule(lease)
+
+    def clear(self) -> None:
+        """Forget every lease (before ``restore`` from a rebuilt backend)."""
+        self._leases.clear()
+        self._expiry_heap.clear()
 
     # -- operations -----------------------------------------------------------------------
     def new_id(self) -> int:
@@ -210,7 +234,8 @@ class Lessor:
             await asyncio.sleep(0)
 
     def start(self) -> None:
-        self._reaper.start()
+        if self.local_expiry:
+            self._reaper.start()
 
     def close(self) -> None:
         self._reaper.cancel()

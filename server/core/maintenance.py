@@ -36,7 +36,7 @@ class Maintenance:
         in_use = backend.size_in_use()
         resp = pb.StatusResponse(
             version=SERVER_VERSION, dbSize=size, dbSizeInUse=min(in_use, size) if size else in_use,
-            leader=core.member_id, raftIndex=index, raftTerm=core.raft_term, raftAppliedIndex=index,
+            leader=backend.leader_id or core.member_id, raftIndex=index, raftTerm=core.raft_term, raftAppliedIndex=index,
             isLearner=False)
         resp.errors.extend(describe(alarm) for alarm in core.alarms.get())
         failure = backend.failure
@@ -59,6 +59,7 @@ class Maintenance:
                 changed = alarms.deactivate(request.memberID, request.alarm)
             if changed is not None:
                 resp.alarms.append(changed)
+            await core.backend.wait_applied()  # a shared backend commits the change with its log
         else:  # etcd 3.5.1 dies of a nil response here
             raise errors.EtcdError(errors.Code.INVALID_ARGUMENT, f"etcdserver: unknown alarm action {request.action}")
         core.fill_header(resp.header)

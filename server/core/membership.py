@@ -10,12 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .. import errors
+from ..storage.backend import SharedState
 from ..storage.fsutil import write_atomic
+
+SHARED_NAME = "members"  # the document's name in a shared backend
 
 
 @dataclass
@@ -51,20 +55,47 @@ class Membership:
         self._path = path
         self._fsync = fsync
         self._others: dict[int, Member] = {}
+        # with a shared backend: the other instances serving now (registered, heartbeating), and the
+        # IDs removed through the API (an instance whose ID is here is refused service)
+        self._shared: SharedState | None = None
+        self._instances: Callable[[], list[Member]] = list
+        self.removed: set[int] = set()
         if path is not None and path.exists():
-            for m in json.loads(path.read_text()):
-                member = Member(**m)
-                if member.id != local.id:
-                    self._others[member.id] = member
+            self.replace(path.read_bytes())
+
+    def use_shared(self, shared: SharedState, instances: Callable[[], list[Member]]) -> None:
+        """Keep the added and removed members in a shared backend; ``instances`` lists the live ones."""
+        self._shared = shared
+        self._instances = instances
+        data = shared.load(SHARED_NAME)
+        if data is not None:
+            self.replace(data)
+
+    def replace(self, data: bytes) -> None:
+        """The saved list (a shared backend's instances apply each other's changes)."""
+        saved = json.loads(data)
+        if isinstance(saved, list):  # the data dir's file: the added members
+            saved = {"added": saved, "removed": []}
+        self._others = {m.id: m for m in (Member(**m) for m in saved["added"]) if m.id != self.local.id}
+        self.removed = {int(i) for i in saved["removed"]}
+
+    @property
+    def local_removed(self) -> bool:
+        return self.local.id in self.removed
 
     def members(self) -> list[Member]:
         """Sorted by ID, as etcd lists them."""
-        return sorted([self.local, *self._others.values()], key=lambda m: m.id)
+        found = {m.id: m for m in self._instances() if m.id not in self.removed}
+        for m in (self.local, *self._others.values()):
+            found.setdefault(m.id, m)
+        return sorted(found.values(), key=lambda m: m.id)
 
     def _save(self) -> None:
-        if self._path is not None:
-            data = json.dumps([asdict(m) for m in self._others.values()]).encode()
-            write_atomic(self._path, data, self._fsync)
+        added = [asdict(m) for m in self._others.values()]
+        if self._shared is not None:
+            self._shared.save(SHARED_NAME, json.dumps({"added": added, "removed": sorted(self.removed)}).encode())
+        elif self._path is not None:
+            write_atomic(self._path, json.dumps(added).encode(), self._fsync)
 
     def _check_peer_urls_free(self, urls: list[str], except_id: int = 0) -> None:
         for m in self.members():
@@ -83,10 +114,13 @@ class Membership:
         return member
 
     def remove(self, member_id: int) -> None:
-        if member_id == self.local.id:
-            # the only started member: removing it would leave no quorum
-            raise errors.MEMBER_NOT_ENOUGH_STARTED
-        if self._others.pop(member_id, None) is None:
+        serving = {m.id for m in self._instances() if m.id not in self.removed} | {self.local.id}
+        if member_id in serving:
+            if len(serving) == 1:
+                # the only started member: removing it would leave no quorum
+                raise errors.MEMBER_NOT_ENOUGH_STARTED
+            self.removed.add(member_id)  # that instance sees it and stops serving
+        elif self._others.pop(member_id, None) is None:
             raise errors.MEMBER_NOT_FOUND
         self._save()
 

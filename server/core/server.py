@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import errors
-from ..config import DEFAULT_QUOTA_BACKEND_BYTES, Config
+from ..config import DEFAULT_QUOTA_BACKEND_BYTES, Config, ConfigError
 from ..pb.etcdserverpb import rpc_pb2 as pb
-from ..storage.backend import Backend, KeyValue, Recovered, WriteTxn
+from ..storage.backend import Backend, KeyValue, Recovered, SharedState, WriteTxn
 from ..storage.datadir import secure_data_dir
-from . import kv
+from . import alarm, kv, membership
 from .alarm import ALARMS_FILE, CORRUPT, NOSPACE, AlarmStore
+from .auth import store as auth_store
 from .auth.model import Credentials
 from .auth.store import AuthStore
 from .compactor import Compactor, new_compactor
@@ -57,6 +58,10 @@ class Core:
         self.lessor = Lessor(self.member_id)
         self.lessor.on_expired = self._revoke_expired
         backend.set_lease_attacher(self.lessor)
+        if backend.shares_leases:
+            self.lessor.local_expiry = False
+            backend.set_lease_revoker(self._revoke_expired)
+        backend.add_reset_listener(self._backend_reset)
         self.kv = KVApplier(backend, self.lessor)
         member_dir = Path(config.data_dir) / "member"
         local = Member(self.member_id, config.name, config.peer_urls, config.advertise_client_urls)
@@ -71,12 +76,19 @@ class Core:
         self._size_limit = RaftSizeLimit(config.max_request_bytes, self.member_id, self.auth)
         self._max_txn_ops = config.max_txn_ops
         self._recovered: Recovered | None = None
+        self._shared = backend.shared_state is not None  # other instances write the same store
+        self.on_removed: Callable[[], None] | None = None  # this member was removed: stop serving
         self._read_pins = ReadPins()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> Recovered:
         """Recover the state from the backend; nothing is served before this."""
         rec = self.backend.open()
+        if rec.cluster_id:
+            self.cluster_id = rec.cluster_id
+        shared = self.backend.shared_state
+        if shared is not None:
+            self._use_shared(shared)
         self.alarms.load()
         self.restore_leases()
         self._recovered = rec
@@ -90,6 +102,34 @@ class Core:
         """The lessor from the backend's leases and the keys attached to them."""
         backend = self.backend
         self.lessor.restore(backend.leases(), ((kv.key, kv.lease) for kv in backend.all_live() if kv.lease))
+
+    def _use_shared(self, shared: SharedState) -> None:
+        """Auth, alarms and added/removed members in the shared backend, as every instance sees them."""
+        self.alarms.use_shared(shared)
+        self.auth.use_shared(shared)
+        self.membership.use_shared(shared, lambda: [
+            Member(i.id, i.name, i.peer_urls, i.client_urls) for i in shared.instances()])
+        if self.membership.local_removed:
+            raise ConfigError(f"the member has been permanently removed from the cluster (member "
+                              f"{self.member_id:x}); start it with another --name and peer URLs")
+        shared.on_change(self._shared_changed)
+
+    def _shared_changed(self, name: str, data: bytes) -> None:
+        if name == auth_store.SHARED_NAME:
+            self.auth.replace_state(data)
+        elif name == alarm.SHARED_NAME:
+            self.alarms.replace(data)
+        elif name == membership.SHARED_NAME:
+            self.membership.replace(data)
+            if self.membership.local_removed and self.on_removed is not None:
+                log.error("the member has been permanently removed from the cluster",
+                          extra={"fields": {"local-member-id": f"{self.member_id:x}"}})
+                self.on_removed()
+
+    def _backend_reset(self) -> None:
+        """The backend rebuilt its state (a shared store's commit failed): the leases again."""
+        self.lessor.clear()
+        self.restore_leases()
 
     async def start(self) -> None:
         """Open (unless done), then start the backend's writer, the compactor, the reaper, the watch hub."""
@@ -162,12 +202,22 @@ class Core:
             raise errors.NO_SPACE
 
     async def _write(self, request: Any, who: Who, apply: Callable[[WriteTxn], R], *, sized: bool = True,
-                     needs_space: bool = False) -> R:
-        """Size, quota, apply, wait durable, header: the rest of every write's pipeline."""
+                     needs_space: bool = False, permitted: Callable[[], None] | None = None) -> R:
+        """Size, quota, apply, wait durable, header: the rest of every write's pipeline.
+
+        ``permitted`` (the request's permission check) runs again when the write is applied if other
+        instances share the store: an auth change one of them committed may have arrived meanwhile,
+        and etcd checks permissions when it applies a write."""
         if sized:
             self._size_limit.check(request, who)  # as etcd measures it: the request wrapped for raft
         if needs_space:
             self.check_space()
+        if permitted is not None and self._shared:
+            checked = apply
+
+            def apply(txn: WriteTxn) -> R:
+                permitted()
+                return checked(txn)
         resp = await self.backend.write(apply)
         self.fill_header(resp.header)  # type: ignore[attr-defined]
         return resp
@@ -175,9 +225,9 @@ class Core:
     # -- KV --------------------------------------------------------------------------------------------
     async def range(self, r: pb.RangeRequest, who: Who) -> pb.RangeResponse | EncodedResponse:
         kv.check_range(r)
+        if not r.serializable:  # as etcd: the read index first, so the permission check sees every
+            await self.backend.read_index()  # auth change committed before the read (a shared backend)
         self.auth.check_range(who, r)
-        if not r.serializable:
-            await self.backend.read_index()
         if sliceable(r):  # a range over many keys is read in parts, the loop free in between
             return await read_in_parts(self.backend, self._read_pins, r, self.header())
         resp = self.kv.range(r)
@@ -187,19 +237,21 @@ class Core:
     async def put(self, r: pb.PutRequest, who: Who) -> pb.PutResponse:
         kv.check_put(r)
         self.auth.check_put(who, r)
-        return await self._write(r, who, lambda txn: self.kv.put(txn, r), needs_space=True)
+        return await self._write(r, who, lambda txn: self.kv.put(txn, r), needs_space=True,
+                                 permitted=lambda: self.auth.check_put(who, r))
 
     async def delete_range(self, r: pb.DeleteRangeRequest, who: Who) -> pb.DeleteRangeResponse:
         kv.check_delete(r)
         self.auth.check_delete_range(who, r)
-        return await self._write(r, who, lambda txn: self.kv.delete_range(txn, r))
+        return await self._write(r, who, lambda txn: self.kv.delete_range(txn, r),
+                                 permitted=lambda: self.auth.check_delete_range(who, r))
 
     async def txn(self, r: pb.TxnRequest, who: Who) -> pb.TxnResponse:
         kv.check_txn(r, self._max_txn_ops)
         self.auth.check_txn(who, r)
         # etcd serves read-only txns without raft, so their size is not checked
         return await self._write(r, who, lambda txn: self.kv.txn(txn, r), sized=not kv.is_read_only(r),
-                                 needs_space=kv.has_put(r))
+                                 needs_space=kv.has_put(r), permitted=lambda: self.auth.check_txn(who, r))
 
     async def compact(self, r: pb.CompactionRequest, who: Who) -> pb.CompactionResponse:
         self.auth.check_token(who)  # etcd checks no permission for a compaction
@@ -251,6 +303,8 @@ class Core:
             if exc is not errors.LEASE_NOT_FOUND:
                 raise
             resp.TTL = 0
+        else:
+            self.backend.lease_renewed(r.ID, resp.TTL)
         return resp
 
     async def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest, who: Who) -> pb.LeaseTimeToLiveResponse:

@@ -91,6 +91,7 @@ class Recovered:
     revision: int
     replayed: int  # steps applied on top of the newest snapshot
     source: str  # where the state came from, for the start-up log line
+    cluster_id: int = 0  # the cluster's identity when the backend keeps one (a shared database); 0: none
 
 
 @dataclass(slots=True)
@@ -107,11 +108,52 @@ class KeySpaceCapture:
 
 
 class LeaseAttacher(Protocol):
-    """What the store tells the lessor when a key's lease changes (etcd's lease.LeaseAttacher)."""
+    """What the store tells the lessor when a key's lease changes (etcd's lease.LeaseAttacher).
+
+    A backend shared by several instances also tells it of the grants and revokes other instances
+    committed, and of the expiries learned from them (their keep-alives).
+    """
 
     def attach(self, lease_id: int, key: bytes) -> None: ...
 
     def detach(self, lease_id: int, key: bytes) -> None: ...
+
+    def granted(self, lease_id: int, ttl: int) -> None: ...
+
+    def revoked(self, lease_id: int) -> None: ...
+
+    def extend(self, lease_id: int, remaining: float) -> None:
+        """The lease was kept alive elsewhere: it now expires ``remaining`` seconds from now."""
+        ...
+
+
+class SharedState(Protocol):
+    """Small documents every instance of a shared backend must see (auth state, alarms, members),
+    ordered with the key space's writes.  A backend of one process has none: core keeps files."""
+
+    def load(self, name: str) -> bytes | None: ...
+
+    def save(self, name: str, data: bytes) -> None:
+        """Queue the new document; it is durable once ``Backend.wait_applied`` returns."""
+        ...
+
+    def on_change(self, listener: Callable[[str, bytes], None]) -> None:
+        """``listener(name, data)`` runs when another instance's change is applied here."""
+        ...
+
+    def instances(self) -> list[Instance]:
+        """The instances serving now (this one included)."""
+        ...
+
+
+@dataclass(slots=True)
+class Instance:
+    """One etcdlite serving over a shared backend: etcd's member attributes."""
+
+    id: int
+    name: str
+    peer_urls: list[str]
+    client_urls: list[str]
 
 
 class WriteTxn(Protocol):
@@ -212,8 +254,35 @@ class Backend(Protocol):
 
     def set_lease_attacher(self, attacher: LeaseAttacher) -> None: ...
 
+    def add_reset_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs after the backend rebuilt its state from durable storage (a shared
+        backend whose commit failed): whatever core derived from the old state must be derived again."""
+        ...
+
+    # -- leases kept by the backend (several instances share them) -------------------------------
+    @property
+    def shares_leases(self) -> bool:
+        """True: the backend decides expiry (``set_lease_revoker``) and hears keep-alives
+        (``lease_renewed``); the lessor's own reaper stays idle."""
+        ...
+
+    def lease_renewed(self, lease_id: int, ttl: int) -> None:
+        """A keep-alive restarted the lease's TTL here."""
+        ...
+
+    def set_lease_revoker(self, revoke: Callable[[int], None]) -> None:
+        """``revoke(lease_id)`` for each lease the backend found expired."""
+        ...
+
+    @property
+    def shared_state(self) -> SharedState | None: ...
+
     async def read_index(self) -> None:
         """A linearizable read's barrier: returns once everything committed before the call is visible."""
+        ...
+
+    def check_readable(self) -> None:
+        """Raise the error a linearizable read would fail with now (a shared store out of reach)."""
         ...
 
     async def wait_applied(self) -> None:
@@ -247,6 +316,11 @@ class Backend(Protocol):
     @property
     def failure(self) -> Exception | None:
         """The latched storage failure, if writing broke."""
+        ...
+
+    @property
+    def leader_id(self) -> int:
+        """The member that leads (a shared backend: the lease reaper); 0: this one."""
         ...
 
     def size(self) -> int:

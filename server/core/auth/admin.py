@@ -28,28 +28,33 @@ class AuthAdmin:
         self._core = core
         self._auth: AuthStore = core.auth
 
-    def _header(self, resp: _Resp) -> _Resp:
+    async def _header(self, resp: _Resp) -> _Resp:
+        """Once the change is durable (a shared backend commits it with the log), the header."""
+        await self._core.backend.wait_applied()
         self._core.fill_header(resp.header)  # type: ignore[attr-defined]
         return resp
 
     async def auth_enable(self, request: pb.AuthEnableRequest, who: Who) -> pb.AuthEnableResponse:
         self._auth.check_admin(who)
         self._auth.enable()
-        return self._header(pb.AuthEnableResponse())
+        return await self._header(pb.AuthEnableResponse())
 
     async def auth_disable(self, request: pb.AuthDisableRequest, who: Who) -> pb.AuthDisableResponse:
         self._auth.check_admin(who)
         self._auth.disable()
-        return self._header(pb.AuthDisableResponse())
+        return await self._header(pb.AuthDisableResponse())
 
     async def auth_status(self, request: pb.AuthStatusRequest, who: Who) -> pb.AuthStatusResponse:
         self._auth.check_admin(who)
         enabled, revision = self._auth.status()
-        return self._header(pb.AuthStatusResponse(enabled=enabled, authRevision=revision))
+        return await self._header(pb.AuthStatusResponse(enabled=enabled, authRevision=revision))
 
     async def authenticate(self, request: pb.AuthenticateRequest, who: Who) -> pb.AuthenticateResponse:
+        # etcd orders an Authenticate after every change before it (it goes through raft): with a
+        # shared backend, the auth changes other instances committed are applied here first
+        await self._core.backend.read_index()
         token = await self._auth.authenticate(request.name, request.password)
-        return self._header(pb.AuthenticateResponse(token=token))
+        return await self._header(pb.AuthenticateResponse(token=token))
 
     async def user_add(self, request: pb.AuthUserAddRequest, who: Who) -> pb.AuthUserAddResponse:
         info = self._auth.auth_info(who)
@@ -57,20 +62,20 @@ class AuthAdmin:
         hashed = None if no_password else await self._auth.hash_password(request.password)
         self._auth.admin_permitted(info)
         self._auth.user_add(request.name, hashed, no_password)
-        return self._header(pb.AuthUserAddResponse())
+        return await self._header(pb.AuthUserAddResponse())
 
     async def user_get(self, request: pb.AuthUserGetRequest, who: Who) -> pb.AuthUserGetResponse:
         self._auth.check_user_get(who, request)
-        return self._header(pb.AuthUserGetResponse(roles=self._auth.user_get(request.name)))
+        return await self._header(pb.AuthUserGetResponse(roles=self._auth.user_get(request.name)))
 
     async def user_list(self, request: pb.AuthUserListRequest, who: Who) -> pb.AuthUserListResponse:
         self._auth.check_admin(who)
-        return self._header(pb.AuthUserListResponse(users=self._auth.user_list()))
+        return await self._header(pb.AuthUserListResponse(users=self._auth.user_list()))
 
     async def user_delete(self, request: pb.AuthUserDeleteRequest, who: Who) -> pb.AuthUserDeleteResponse:
         self._auth.check_admin(who)
         self._auth.user_delete(request.name)
-        return self._header(pb.AuthUserDeleteResponse())
+        return await self._header(pb.AuthUserDeleteResponse())
 
     async def user_change_password(self, request: pb.AuthUserChangePasswordRequest, who: Who
                                    ) -> pb.AuthUserChangePasswordResponse:
@@ -81,38 +86,38 @@ class AuthAdmin:
             hashed = _decode_hash(request.hashedPassword)
         self._auth.admin_permitted(info)
         self._auth.user_change_password(request.name, hashed)
-        return self._header(pb.AuthUserChangePasswordResponse())
+        return await self._header(pb.AuthUserChangePasswordResponse())
 
     async def user_grant_role(self, request: pb.AuthUserGrantRoleRequest, who: Who
                               ) -> pb.AuthUserGrantRoleResponse:
         self._auth.check_admin(who)
         self._auth.user_grant_role(request.user, request.role)
-        return self._header(pb.AuthUserGrantRoleResponse())
+        return await self._header(pb.AuthUserGrantRoleResponse())
 
     async def user_revoke_role(self, request: pb.AuthUserRevokeRoleRequest, who: Who
                                ) -> pb.AuthUserRevokeRoleResponse:
         self._auth.check_admin(who)
         self._auth.user_revoke_role(request.name, request.role)
-        return self._header(pb.AuthUserRevokeRoleResponse())
+        return await self._header(pb.AuthUserRevokeRoleResponse())
 
     async def role_add(self, request: pb.AuthRoleAddRequest, who: Who) -> pb.AuthRoleAddResponse:
         self._auth.check_admin(who)
         self._auth.role_add(request.name)
-        return self._header(pb.AuthRoleAddResponse())
+        return await self._header(pb.AuthRoleAddResponse())
 
     async def role_get(self, request: pb.AuthRoleGetRequest, who: Who) -> pb.AuthRoleGetResponse:
         self._auth.check_role_get(who, request)
         perms = self._auth.role_get(request.role)
-        return self._header(pb.AuthRoleGetResponse(perm=[p.to_pb() for p in perms]))
+        return await self._header(pb.AuthRoleGetResponse(perm=[p.to_pb() for p in perms]))
 
     async def role_list(self, request: pb.AuthRoleListRequest, who: Who) -> pb.AuthRoleListResponse:
         self._auth.check_admin(who)
-        return self._header(pb.AuthRoleListResponse(roles=self._auth.role_list()))
+        return await self._header(pb.AuthRoleListResponse(roles=self._auth.role_list()))
 
     async def role_delete(self, request: pb.AuthRoleDeleteRequest, who: Who) -> pb.AuthRoleDeleteResponse:
         self._auth.check_admin(who)
         self._auth.role_delete(request.role)
-        return self._header(pb.AuthRoleDeleteResponse())
+        return await self._header(pb.AuthRoleDeleteResponse())
 
     async def role_grant_permission(self, request: pb.AuthRoleGrantPermissionRequest, who: Who
                                     ) -> pb.AuthRoleGrantPermissionResponse:
@@ -122,13 +127,13 @@ class AuthAdmin:
             p = request.perm
             perm = Permission(p.key, p.range_end, p.permType)
         self._auth.role_grant_permission(request.name, perm)
-        return self._header(pb.AuthRoleGrantPermissionResponse())
+        return await self._header(pb.AuthRoleGrantPermissionResponse())
 
     async def role_revoke_permission(self, request: pb.AuthRoleRevokePermissionRequest, who: Who
                                      ) -> pb.AuthRoleRevokePermissionResponse:
         self._auth.check_admin(who)
         self._auth.role_revoke_permission(request.role, request.key, request.range_end)
-        return self._header(pb.AuthRoleRevokePermissionResponse())
+        return await self._header(pb.AuthRoleRevokePermissionResponse())
 
 
 def _decode_hash(encoded: str) -> bytes | None:

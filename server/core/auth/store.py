@@ -48,6 +48,7 @@ from typing import Any
 from ... import errors
 from ...config import Config, ConfigError
 from ...pb.authpb import auth_pb2
+from ...storage.backend import SharedState
 from ...storage.fsutil import write_atomic
 from .model import (
     AUTH_OLD_REVISION,
@@ -74,6 +75,7 @@ log = logging.getLogger("etcdlite.auth")
 
 
 # -- the store -------------------------------------------------------------------------------------
+SHARED_NAME = "auth"  # the state's name in a shared backend
 LeaseKeys = Callable[[int], Iterable[bytes] | None]  # a lease's attached keys; None when no such lease
 
 
@@ -104,6 +106,7 @@ class AuthStore(RequestChecks):
         self._roles: dict[str, Role] = {}
         self._perm_cache: dict[str, RangePerms] = {}
         self._dummy_hash: bytes | None = None
+        self._shared: SharedState | None = None
         if path is not None and path.exists():
             self._load(path)
         if self.enabled:
@@ -137,6 +140,23 @@ class AuthStore(RequestChecks):
                 Permission(base64.b64decode(p["key"]), base64.b64decode(p["range_end"]), int(p["type"]))
                 for p in r["permissions"]])
 
+    def use_shared(self, shared: SharedState) -> None:
+        """Keep the state in a shared backend (every instance sees it) instead of the file."""
+        self._shared = shared
+        data = shared.load(SHARED_NAME)
+        if data is not None:
+            self.replace_state(data)
+
+    def replace_state(self, data: bytes) -> None:
+        """The whole state as saved: another instance of a shared backend changed it."""
+        self._users, self._roles = {}, {}
+        self.load_state(json.loads(data))
+        self._perm_cache.clear()
+        if self.enabled:
+            self._tokens.enable()
+        else:
+            self._tokens.disable()
+
     def export_state(self) -> dict[str, Any]:
         """The persisted state as plain data (what ``auth.json`` holds; snapshots carry it too)."""
         def b64(b: bytes) -> str:
@@ -152,6 +172,9 @@ class AuthStore(RequestChecks):
         }
 
     def _save(self) -> None:
+        if self._shared is not None:
+            self._shared.save(SHARED_NAME, json.dumps(self.export_state(), indent=1).encode())
+            return
         if self._path is not None:
             save_state_file(self._path, self.export_state(), self._fsync)
 

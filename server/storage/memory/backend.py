@@ -6,7 +6,16 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from ... import errors
-from ..backend import DurableListener, KeySpaceCapture, KeyValue, LeaseAttacher, RangeResult, Recovered, WriteTxn
+from ..backend import (
+    DurableListener,
+    KeySpaceCapture,
+    KeyValue,
+    LeaseAttacher,
+    RangeResult,
+    Recovered,
+    SharedState,
+    WriteTxn,
+)
 from .capture import capture_key_bucket
 from .mvcc import MVCCStore
 from .snapshot import snapshot_size
@@ -102,8 +111,28 @@ class MemoryBackend:
     def set_lease_attacher(self, attacher: LeaseAttacher) -> None:
         self.store.lease_attacher = attacher
 
+    def add_reset_listener(self, listener: Callable[[], None]) -> None:
+        """The state is never rebuilt under a running server: nothing to tell."""
+
+    @property
+    def shares_leases(self) -> bool:
+        return False
+
+    def lease_renewed(self, lease_id: int, ttl: int) -> None:
+        """The lessor's own expiry is the only one."""
+
+    def set_lease_revoker(self, revoke: Callable[[int], None]) -> None:
+        """The lessor's reaper revokes expired leases."""
+
+    @property
+    def shared_state(self) -> SharedState | None:
+        return None
+
     async def read_index(self) -> None:
         """One process orders every write: what is visible is everything committed."""
+
+    def check_readable(self) -> None:
+        """Reads serve the durable state, also after a write failure."""
 
     async def wait_applied(self) -> None:
         store = self.store
@@ -141,6 +170,10 @@ class MemoryBackend:
     @property
     def failure(self) -> errors.EtcdError | None:
         return self.wal.failure if self.wal is not None else None
+
+    @property
+    def leader_id(self) -> int:
+        return 0
 
     def size(self) -> int:
         return self.wal.disk_size() if self.wal is not None else 0

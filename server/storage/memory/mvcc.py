@@ -323,7 +323,14 @@ class MVCCStore:
                 del self._history[key]
                 self._keys.remove(key)
 
-    # -- replay (journal recovery) --------------------------------------------------------
+    # -- replay (journal recovery, and a follower applying a shared log) ----------------------
+    def publish(self, old_visible: int) -> None:
+        """Tell the durable listeners that what ``replay`` applied since ``old_visible`` is visible
+        (a follower of a shared log replays other instances' entries while it serves)."""
+        if self.visible_revision != old_visible:
+            for listener in self._durable_listeners:
+                listener(old_visible, self.visible_revision)
+
     def replay(self, entry: Entry) -> None:
         """Re-apply a journaled entry at start-up: no lease checks, no journaling."""
         if entry.changes:
