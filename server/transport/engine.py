@@ -59,6 +59,7 @@ class CompletionQueueSelector(selectors.EpollSelector):
     def __init__(self) -> None:
         super().__init__()
         self.engines: list[GrpcEngine] = []
+        self._fd_io = False  # the last select found a file descriptor ready (not an engine's wake-up pipe)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         engines = self.engines
@@ -68,14 +69,16 @@ class CompletionQueueSelector(selectors.EpollSelector):
         for engine in engines:
             served += engine.serve_ready()
         if served or (timeout is not None and timeout <= 0):
-            return super().select(0)
-        # a client's next call usually follows within a millisecond: wait for it on the queue itself,
-        # which costs no thread hand-off (file descriptors wait as long meanwhile, at most)
-        brief = BRIEF_WAIT_SECONDS if timeout is None else min(timeout, BRIEF_WAIT_SECONDS)
-        if engines[0].serve_next(brief):
-            for engine in engines:
-                engine.serve_ready()
-            return super().select(0)
+            return self._note(super().select(0))
+        if not self._fd_io:
+            # a client's next call usually follows within a millisecond: wait for it on the queue itself,
+            # which costs no thread hand-off.  Not while other descriptors are busy (a database's answer,
+            # HTTP clients): they would wait as long meanwhile.
+            brief = BRIEF_WAIT_SECONDS if timeout is None else min(timeout, BRIEF_WAIT_SECONDS)
+            if engines[0].serve_next(brief):
+                for engine in engines:
+                    engine.serve_ready()
+                return self._note(super().select(0))
         for engine in engines:
             engine.helper_watch(True)
         try:
@@ -85,6 +88,11 @@ class CompletionQueueSelector(selectors.EpollSelector):
                 engine.helper_watch(False)
         for engine in engines:
             engine.serve_ready()
+        return self._note(ready)
+
+    def _note(self, ready: list[tuple[selectors.SelectorKey, int]]) -> list[tuple[selectors.SelectorKey, int]]:
+        wake = {engine.wake_fd for engine in self.engines}
+        self._fd_io = any(key.fd not in wake for key, _ in ready)
         return ready
 
 
@@ -194,6 +202,11 @@ class GrpcEngine:
                 os.write(self._wake_w, b"\0")
             except BlockingIOError:  # the loop has not read the earlier wake-ups yet: it will wake anyway
                 pass
+
+    @property
+    def wake_fd(self) -> int:
+        """The pipe the helper thread wakes the loop through (its readiness is the engine's own)."""
+        return self._wake_r
 
     def _on_wake(self) -> None:
         try:
