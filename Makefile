@@ -24,8 +24,21 @@ run: $(STAMP)
 	$(BIN)/etcdlite --data-dir $(DATA_DIR) --listen-client-urls http://127.0.0.1:2379 \
 		--advertise-client-urls http://127.0.0.1:2379 $(ARGS)
 
-proto: $(STAMP)
-	$(BIN)/python protos/gen.py server/pb
+# The stubs' generator, in a venv of its own: grpcio-tools 1.63.0 (protoc 26.1) writes stubs that carry no
+# protobuf runtime-version check, so they load on every protobuf in server/deps.py's range; a newer one
+# would demand its own protobuf or newer at import, and grpcio at least its own version.
+GRPCIO_TOOLS := 1.63.0
+PROTO_VENV := .venv-proto
+PROTO_STAMP := $(PROTO_VENV)/.grpcio-tools-$(GRPCIO_TOOLS)
+
+$(PROTO_STAMP):
+	rm -rf $(PROTO_VENV)
+	$(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/pip install -q 'grpcio-tools==$(GRPCIO_TOOLS)'
+	touch $@
+
+proto: $(PROTO_STAMP)
+	$(PROTO_VENV)/bin/python protos/gen.py server/pb
 
 # CI: regenerating the stubs must change nothing that is checked in.
 proto-check: proto
@@ -66,7 +79,7 @@ crash-test: $(STAMP)
 	ETCDLITE_CRASH_ROUNDS=$(CRASH_ROUNDS) $(BIN)/pytest -q --timeout=0 tests/test_crash.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PROTO_VENV) build *.egg-info
 
 # etcd and etcdlite side by side under etcd's own benchmark tool (see bench/run.py)
 bench: $(STAMP)
