@@ -10,7 +10,7 @@ ARGS ?=
 ETCDLITE_ARTIFACTS ?= $(CURDIR)/test-artifacts
 export ETCDLITE_ARTIFACTS
 
-.PHONY: install run test test-server test-clients lint proto proto-check bench clean crash-test browser
+.PHONY: install run test test-server test-clients test-deps-range lint proto proto-check bench clean crash-test browser
 
 $(STAMP): pyproject.toml server/transport/_splice.c
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,12 @@ test-server: $(STAMP) browser
 
 test-clients: $(STAMP)
 	PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python $(BIN)/pytest -q tests/clients
+
+# Install and test at both ends of the grpcio and protobuf ranges (server/deps.py), each in a fresh venv in
+# build/deps-range: the oldest from a wheel built without a C compiler, the newest as `pip install` does.
+# What runs there and why: tests/deps_range.py. CI runs it after `make test`.
+test-deps-range:
+	$(PYTHON) tests/deps_range.py
 
 # The crash loop of tests/test_crash.py (5 rounds in `make test`) with more rounds: CRASH_ROUNDS=200
 CRASH_ROUNDS ?= 50
