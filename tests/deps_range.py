@@ -65,8 +65,8 @@ def wheel_without_compiler(src: Path, bin_dir: Path) -> Path:
 
 
 def test_end(bin_dir: Path, env: dict[str, str] | None = None) -> None:
-    run(bin_dir / "pytest", "-q", "-p", "no:cacheprovider", *ENGINE_TESTS, env=env)
-    run(bin_dir / "pytest", "-q", "-p", "no:cacheprovider", *CLIENT_TESTS,
+    run(bin_dir / "pytest", "-q", "-rs", "-p", "no:cacheprovider", *ENGINE_TESTS, env=env)
+    run(bin_dir / "pytest", "-q", "-rs", "-p", "no:cacheprovider", *CLIENT_TESTS,
         env={**(env or {}), "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"})
 
 
