@@ -108,7 +108,11 @@ def main() -> int:
     new = venv("newest")
     run(new / "pip", "install", "-q", f"{src}[test]")
     found = versions(new)
-    print(f"== newest end: {found}", flush=True)
+    relay = subprocess.run([str(new / "python"), "-c", "from etcdlite.transport.splice import relay_loop_file; "
+                            "print(relay_loop_file()[0])"], capture_output=True, text=True, check=True).stdout.strip()
+    if shutil.which(os.environ.get("CC", "cc")):  # where pip had a compiler, the C loop was built
+        assert relay == "_splice", relay
+    print(f"== newest end: {found}, relay loop {relay}", flush=True)
     test_end(new)
     report.append(f"newest ({found}): passed in {time.monotonic() - t:.0f}s")
 
