@@ -45,9 +45,7 @@ class Supported:
         return self.oldest <= v < self.below and v not in self.excluded
 
     def refusal(self, version: str) -> str:
-        newest = ".".join(str(n) for n in self.below[:-1]) + f".{self.below[-1] - 1}.x"
-        if len(self.below) == 1:
-            newest = f"{self.below[0] - 1}.x"
+        newest = _text((*self.below[:-1], self.below[-1] - 1)) + ".x"  # below 1.86: 1.85.x; below 8: 7.x
         but = "".join(f", except {_text(v)}" for v in sorted(self.excluded))
         return (f"{self.distribution} {version} is not supported (tested: {_text(self.oldest)} to {newest}{but}); "
                 f'install "{self.requirement()}"')

@@ -41,11 +41,13 @@ def test_this_environment_is_supported() -> None:
     assert deps.problem() is None, deps.problem()
 
 
-@pytest.mark.parametrize("grpcio", ["1.82.2", "1.83.1", "1.84.0", "1.85.1", "1.85.9"])
-@pytest.mark.parametrize("protobuf", ["5.26.1", "5.29.6", "6.33.6", "7.36.2", "7.99.0"])
-def test_versions_in_range_are_accepted(grpcio: str, protobuf: str) -> None:
-    assert deps.GRPCIO.accepts(grpcio)
-    assert deps.PROTOBUF.accepts(protobuf)
+@pytest.mark.parametrize(("supported", "version"), [
+    *((deps.GRPCIO, v) for v in ("1.82.2", "1.83.1", "1.84.0", "1.85.1", "1.85.9")),
+    *((deps.PROTOBUF, v) for v in ("5.26.1", "5.29.6", "6.30.2", "6.33.6", "7.36.2", "7.99.0")),
+])
+def test_versions_in_range_are_accepted(supported: deps.Supported, version: str) -> None:
+    assert supported.accepts(version)
+    assert deps.problem({**deps.installed(), supported.distribution: version}) is None
 
 
 @pytest.mark.parametrize(("grpcio", "protobuf", "line"), [
