@@ -8,9 +8,10 @@ pyproject.toml declares the same ranges (tests/test_deps.py holds the two togeth
   (1.83.1 has the fix). Below 1.63.0 core also words the refusal differently from grpc-go.
 * grpcio < 1.86: the engine drives grpcio's private ``cygrpc`` API, which may change in any minor
   release; patch releases of a tested minor are taken as tested (CI's newest end picks them up).
-* protobuf >= 5.26.1: the stubs in ``pb/`` are generated for it (``make proto``) and carry no
-  runtime-version check, so every later protobuf loads them; protobuf's API is stable within a
-  major, so the range ends below the next major.
+* protobuf >= 4.25.0: the stubs in ``pb/`` (``make proto``: protoc 26.1) carry no runtime-version
+  check and load on 4.25 to 7.x; before 4.25 the descriptors lack what rpc.py and the gateway read
+  (``MethodDescriptor.client_streaming``; ``message_factory.GetMessageClass`` before 4.22).
+  protobuf's API is stable within a major, so the range ends below the next major.
 
 ``python server/deps.py oldest`` prints the oldest end as pip requirements, for the Makefile.
 """
@@ -52,7 +53,7 @@ class Supported:
 
 
 GRPCIO = Supported("grpcio", oldest=(1, 82, 2), below=(1, 86), excluded=frozenset({(1, 83, 0)}))
-PROTOBUF = Supported("protobuf", oldest=(5, 26, 1), below=(8,))
+PROTOBUF = Supported("protobuf", oldest=(4, 25, 0), below=(8,))
 SUPPORTED = (GRPCIO, PROTOBUF)
 
 

@@ -43,7 +43,7 @@ def test_this_environment_is_supported() -> None:
 
 @pytest.mark.parametrize(("supported", "version"), [
     *((deps.GRPCIO, v) for v in ("1.82.2", "1.83.1", "1.84.0", "1.85.1", "1.85.9")),
-    *((deps.PROTOBUF, v) for v in ("5.26.1", "5.29.6", "6.30.2", "6.33.6", "7.36.2", "7.99.0")),
+    *((deps.PROTOBUF, v) for v in ("4.25.0", "4.25.9", "5.26.1", "5.29.6", "6.30.2", "6.33.6", "7.36.2", "7.99.0")),
 ])
 def test_versions_in_range_are_accepted(supported: deps.Supported, version: str) -> None:
     assert supported.accepts(version)
@@ -57,13 +57,13 @@ def test_versions_in_range_are_accepted(supported: deps.Supported, version: str)
                          'install "grpcio>=1.82.2,!=1.83.0,<1.86"'),
     ("1.86.0rc1", "7.36.2", 'etcdlite: grpcio 1.86.0rc1 is not supported (tested: 1.82.2 to 1.85.x, except '
                             '1.83.0); install "grpcio>=1.82.2,!=1.83.0,<1.86"'),
-    ("1.85.3", "5.26.0", 'etcdlite: protobuf 5.26.0 is not supported (tested: 5.26.1 to 7.x); '
-                         'install "protobuf>=5.26.1,<8"'),
-    ("1.85.3", "8.0.0", 'etcdlite: protobuf 8.0.0 is not supported (tested: 5.26.1 to 7.x); '
-                        'install "protobuf>=5.26.1,<8"'),
-    ("1.60.0", "4.25.3", 'etcdlite: grpcio 1.60.0 is not supported (tested: 1.82.2 to 1.85.x, except 1.83.0); '
-                         'install "grpcio>=1.82.2,!=1.83.0,<1.86"; protobuf 4.25.3 is not supported (tested: '
-                         '5.26.1 to 7.x); install "protobuf>=5.26.1,<8"'),
+    ("1.85.3", "4.24.4", 'etcdlite: protobuf 4.24.4 is not supported (tested: 4.25.0 to 7.x); '
+                         'install "protobuf>=4.25.0,<8"'),
+    ("1.85.3", "8.0.0", 'etcdlite: protobuf 8.0.0 is not supported (tested: 4.25.0 to 7.x); '
+                        'install "protobuf>=4.25.0,<8"'),
+    ("1.60.0", "3.20.3", 'etcdlite: grpcio 1.60.0 is not supported (tested: 1.82.2 to 1.85.x, except 1.83.0); '
+                         'install "grpcio>=1.82.2,!=1.83.0,<1.86"; protobuf 3.20.3 is not supported (tested: '
+                         '4.25.0 to 7.x); install "protobuf>=4.25.0,<8"'),
 ])
 def test_versions_outside_are_named_in_one_line(grpcio: str, protobuf: str, line: str) -> None:
     assert deps.problem({"grpcio": grpcio, "protobuf": protobuf}) == line
@@ -115,11 +115,11 @@ def test_stubs_that_do_not_load_are_named_in_one_line(monkeypatch: pytest.Monkey
     monkeypatch.setattr(builtins, "__import__", refusing)
     assert deps.problem({"grpcio": "1.85.3", "protobuf": "7.36.2"}) == (
         "etcdlite: protobuf 7.36.2 cannot load etcdlite's stubs (Detected incompatible Protobuf Gencode/Runtime "
-        'versions); install "protobuf>=5.26.1,<8"')
+        'versions); install "protobuf>=4.25.0,<8"')
 
 
 def test_oldest_end_printed_for_the_makefile() -> None:
     r = subprocess.run([sys.executable, str(ROOT / "server" / "deps.py"), "oldest"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["grpcio==1.82.2", "protobuf==5.26.1"]
+    assert r.stdout.split() == ["grpcio==1.82.2", "protobuf==4.25.0"]
