@@ -10,8 +10,8 @@ ARGS ?=
 ETCDLITE_ARTIFACTS ?= $(CURDIR)/test-artifacts
 export ETCDLITE_ARTIFACTS
 
-.PHONY: install run test test-server test-postgres test-clients postgres lint proto proto-check bench clean \
-	crash-test browser
+.PHONY: install run test test-server test-postgres test-clients test-deps-range postgres lint proto proto-check \
+	bench clean crash-test browser
 
 $(STAMP): pyproject.toml server/transport/_splice.c
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,21 @@ run: $(STAMP)
 	$(BIN)/etcdlite --data-dir $(DATA_DIR) --listen-client-urls http://127.0.0.1:2379 \
 		--advertise-client-urls http://127.0.0.1:2379 $(ARGS)
 
-proto: $(STAMP)
-	$(BIN)/python protos/gen.py server/pb
+# The stubs' generator, in a venv of its own: grpcio-tools 1.63.0 (protoc 26.1) writes stubs that carry no
+# protobuf runtime-version check, so they load on every protobuf in server/deps.py's range; a newer one
+# would demand its own protobuf or newer at import, and grpcio at least its own version.
+GRPCIO_TOOLS := 1.63.0
+PROTO_VENV := .venv-proto
+PROTO_STAMP := $(PROTO_VENV)/.grpcio-tools-$(GRPCIO_TOOLS)
+
+$(PROTO_STAMP):
+	rm -rf $(PROTO_VENV)
+	$(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/pip install -q 'grpcio-tools==$(GRPCIO_TOOLS)'
+	touch $@
+
+proto: $(PROTO_STAMP)
+	$(PROTO_VENV)/bin/python protos/gen.py server/pb
 
 # CI: regenerating the stubs must change nothing that is checked in.
 proto-check: proto
@@ -81,6 +94,12 @@ postgres:
 test-clients: $(STAMP)
 	PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python $(BIN)/pytest -q tests/clients
 
+# Install and test at both ends of the grpcio and protobuf ranges (server/deps.py), each in a fresh venv in
+# build/deps-range: the oldest from a wheel built without a C compiler, the newest as `pip install` does.
+# What runs there and why: tests/deps_range.py. CI runs it after `make test`.
+test-deps-range:
+	$(PYTHON) tests/deps_range.py
+
 # The kill -9 loops of tests/test_crash.py (acknowledged writes kept) and tests/test_linearizability.py
 # (histories checked for linearizability), 5 rounds each in `make test`, with more rounds: CRASH_ROUNDS=200
 CRASH_ROUNDS ?= 50
@@ -89,7 +108,7 @@ crash-test: $(STAMP)
 		tests/test_linearizability.py::test_linearizable_across_kill_9
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PROTO_VENV) build *.egg-info
 
 # etcd and etcdlite side by side under etcd's own benchmark tool (see bench/run.py)
 bench: $(STAMP) postgres

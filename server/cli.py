@@ -12,7 +12,6 @@ import time
 
 from . import __version__
 from .config import Config, ConfigError, from_args
-from .transport.engine import new_event_loop
 
 API_VERSION = "3.5"
 
@@ -114,8 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     if want_version:
         print(f"etcdlite Version: {__version__}\nAPI Version: {API_VERSION}\nPython Version: {sys.version.split()[0]}")
         return 0
+    from .deps import problem
+
+    unsupported = problem()  # before the engine is imported: it drives grpcio's private core API
+    if unsupported is not None:
+        print(unsupported, file=sys.stderr)
+        return 1
     _setup_logging(cfg)
     from .storage.memory.files import StorageError
+    from .transport.engine import new_event_loop
 
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:

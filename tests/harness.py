@@ -48,6 +48,7 @@ import grpc
 from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from etcdlite.pb.mvccpb import kv_pb2  # noqa: F401  (registers mvccpb for to_data users)
+from etcdlite.pbcompat import is_repeated
 from etcdlite.process import READY_LINE, Server, ServerError, free_port  # noqa: F401  (READY_LINE, free_port: for the tests)
 
 VENV_BIN = Path(sys.executable).parent
@@ -368,11 +369,11 @@ def to_data(msg: Any, aliases: Aliases | None = None) -> Any:
         if f.containing_oneof is not None and msg.WhichOneof(f.containing_oneof.name) != f.name:
             continue
         value = getattr(msg, f.name)
-        if f.type == f.TYPE_MESSAGE and not f.is_repeated:
+        if f.type == f.TYPE_MESSAGE and not is_repeated(f):
             if not msg.HasField(f.name):
                 continue
             out[f.name] = to_data(value, aliases)
-        elif f.is_repeated:
+        elif is_repeated(f):
             if f.type == f.TYPE_MESSAGE:
                 out[f.name] = [to_data(v, aliases) for v in value]
             elif f.type == f.TYPE_ENUM:

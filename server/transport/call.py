@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
-from grpc._cython import cygrpc  # grpcio is pinned: its core API is what grpc's own servers use
+from grpc._cython import cygrpc  # private: the grpcio releases it is tested on are in deps.py
 
 if TYPE_CHECKING:
     from .engine import GrpcEngine

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import grpc
-from grpc._cython import cygrpc  # grpcio is pinned: its core API is what grpc's own servers use
+from grpc._cython import cygrpc  # private: the grpcio releases it is tested on are in deps.py
 
 from .call import ServerCall
 

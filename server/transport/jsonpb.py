@@ -16,6 +16,7 @@ import re
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from ..pbcompat import is_repeated
 from .gojson import GoJSONError, Raw, go_quote, parse, unquote
 
 # -- jsonpb's unmarshal ------------------------------------------------------------------------
@@ -181,7 +182,7 @@ def _fill(msg: Message, raw: Raw) -> None:
             value = by_json
         if value is None or value.kind == "null":
             continue
-        if fd.is_repeated:
+        if is_repeated(fd):
             _fill_repeated(msg, fd, value)
         elif fd.type == _FD.TYPE_MESSAGE:
             sub = getattr(msg, fd.name)
@@ -255,7 +256,7 @@ def _scalar_json(value: object, fd: FieldDescriptor) -> str:
 
 
 def _has(msg: Message, fd: FieldDescriptor) -> bool:
-    if fd.is_repeated:
+    if is_repeated(fd):
         return len(getattr(msg, fd.name)) > 0
     if fd.containing_oneof is not None or fd.type == _FD.TYPE_MESSAGE:
         return msg.HasField(fd.name)
@@ -274,7 +275,7 @@ def _write(msg: Message, out: list[str]) -> None:
         first = False
         out.append(f'"{fd.name}":')
         value = getattr(msg, fd.name)
-        if fd.is_repeated:
+        if is_repeated(fd):
             out.append("[")
             for i, item in enumerate(value):
                 if i:

@@ -5,8 +5,10 @@ import warnings
 
 from etcdlite.pb.etcdserverpb import rpc_pb2 as etcdlite_dot_pb_dot_etcdserverpb_dot_rpc__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in etcdlite/pb/etcdserverpb/rpc_pb2_grpc.py depends on'
+        + f' but the generated code in etcdlite/pb/etcdserverpb/rpc_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class KVStub:
+class KVStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -61,7 +66,7 @@ class KVStub:
                 _registered_method=True)
 
 
-class KVServicer:
+class KVServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Range(self, request, context):
@@ -140,11 +145,10 @@ def add_KVServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'etcdserverpb.KV', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('etcdserverpb.KV', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class KV:
+class KV(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -283,7 +287,7 @@ class KV:
             _registered_method=True)
 
 
-class WatchStub:
+class WatchStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -299,7 +303,7 @@ class WatchStub:
                 _registered_method=True)
 
 
-class WatchServicer:
+class WatchServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Watch(self, request_iterator, context):
@@ -325,11 +329,10 @@ def add_WatchServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'etcdserverpb.Watch', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('etcdserverpb.Watch', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Watch:
+class Watch(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -360,7 +363,7 @@ class Watch:
             _registered_method=True)
 
 
-class LeaseStub:
+class LeaseStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -396,7 +399,7 @@ class LeaseStub:
                 _registered_method=True)
 
 
-class LeaseServicer:
+class LeaseServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def LeaseGrant(self, request, context):
@@ -469,11 +472,10 @@ def add_LeaseServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'etcdserverpb.Lease', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('etcdserverpb.Lease', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Lease:
+class Lease(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -612,7 +614,7 @@ class Lease:
             _registered_method=True)
 
 
-class ClusterStub:
+class ClusterStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -648,7 +650,7 @@ class ClusterStub:
                 _registered_method=True)
 
 
-class ClusterServicer:
+class ClusterServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def MemberAdd(self, request, context):
@@ -718,11 +720,10 @@ def add_ClusterServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'etcdserverpb.Cluster', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('etcdserverpb.Cluster', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Cluster:
+class Cluster(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -861,7 +862,7 @@ class Cluster:
             _registered_method=True)
 
 
-class MaintenanceStub:
+class MaintenanceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -912,7 +913,7 @@ class MaintenanceStub:
                 _registered_method=True)
 
 
-class MaintenanceServicer:
+class MaintenanceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Alarm(self, request, context):
@@ -1026,11 +1027,10 @@ def add_MaintenanceServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'etcdserverpb.Maintenance', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('etcdserverpb.Maintenance', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Maintenance:
+class Maintenance(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -1250,7 +1250,7 @@ class Maintenance:
             _registered_method=True)
 
 
-class AuthStub:
+class AuthStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -1346,7 +1346,7 @@ class AuthStub:
                 _registered_method=True)
 
 
-class AuthServicer:
+class AuthServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def AuthEnable(self, request, context):
@@ -1560,11 +1560,10 @@ def add_AuthServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'etcdserverpb.Auth', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('etcdserverpb.Auth', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Auth:
+class Auth(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -5,8 +5,10 @@ import warnings
 
 from etcdlite.pb.v3electionpb import v3election_pb2 as etcdlite_dot_pb_dot_v3electionpb_dot_v3election__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in etcdlite/pb/v3electionpb/v3election_pb2_grpc.py depends on'
+        + f' but the generated code in etcdlite/pb/v3electionpb/v3election_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class ElectionStub:
+class ElectionStub(object):
     """The election service exposes client-side election facilities as a gRPC interface.
     """
 
@@ -62,7 +67,7 @@ class ElectionStub:
                 _registered_method=True)
 
 
-class ElectionServicer:
+class ElectionServicer(object):
     """The election service exposes client-side election facilities as a gRPC interface.
     """
 
@@ -138,11 +143,10 @@ def add_ElectionServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'v3electionpb.Election', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('v3electionpb.Election', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Election:
+class Election(object):
     """The election service exposes client-side election facilities as a gRPC interface.
     """
 

@@ -5,8 +5,10 @@ import warnings
 
 from etcdlite.pb.v3lockpb import v3lock_pb2 as etcdlite_dot_pb_dot_v3lockpb_dot_v3lock__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in etcdlite/pb/v3lockpb/v3lock_pb2_grpc.py depends on'
+        + f' but the generated code in etcdlite/pb/v3lockpb/v3lock_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class LockStub:
+class LockStub(object):
     """The lock service exposes client-side locking facilities as a gRPC interface.
     """
 
@@ -47,7 +52,7 @@ class LockStub:
                 _registered_method=True)
 
 
-class LockServicer:
+class LockServicer(object):
     """The lock service exposes client-side locking facilities as a gRPC interface.
     """
 
@@ -89,11 +94,10 @@ def add_LockServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'v3lockpb.Lock', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('v3lockpb.Lock', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Lock:
+class Lock(object):
     """The lock service exposes client-side locking facilities as a gRPC interface.
     """
 
