@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import pytest
 
 from harness import (
     E_LEASE_EXIST,
     E_LEASE_NOT_FOUND,
     E_LEASE_TTL_TOO_LARGE,
+    ETCD_BIN,
     MAX_LEASE_TTL,
     MIN_LEASE_TTL,
     Client,
     Err,
+    EtcdProcess,
     LeaseRef,
     pb,
+    pb_grpc,
     put_req,
     wait_until,
 )
@@ -259,3 +263,55 @@ def test_lease_in_txn(differential):
     assert r["revoke"]["header"]["revision"] == 3
     assert r["left"]["kvs"] == [] and r["left"]["header"]["revision"] == 3
     assert not isinstance(r["txn"], Err)
+
+
+def _keepalive_racing_revoke(srv: EtcdProcess, trials: int) -> tuple[int, int]:
+    """Of ``trials`` keep-alives sent right after a revoke (the revoke on another connection): how many
+    answered TTL 0 with a header revision below the revoke's (the server let the keep-alive see a
+    revoke that was not durable yet), and how many the client heard before its revoke returned."""
+    import queue
+    import threading
+
+    stubs = srv.stubs()
+    other = grpc.insecure_channel(srv.address)
+    revoker = pb_grpc.LeaseStub(other)
+    below = early = 0
+    try:
+        for _ in range(trials):
+            lease = stubs.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=60), timeout=10).ID
+            requests: queue.Queue[pb.LeaseKeepAliveRequest | None] = queue.Queue()
+            requests.put(pb.LeaseKeepAliveRequest(ID=lease))
+            stream = stubs.lease.LeaseKeepAlive(iter(requests.get, None), timeout=10)
+            assert next(stream).TTL == 60  # the stream is open
+            done = threading.Event()
+            revoke = revoker.LeaseRevoke.future(pb.LeaseRevokeRequest(ID=lease), timeout=10)
+            revoke.add_done_callback(lambda _f, done=done: done.set())
+            requests.put(pb.LeaseKeepAliveRequest(ID=lease))
+            answer = next(stream)
+            heard_first = not done.is_set()
+            revoked = revoke.result()
+            if answer.TTL == 0:
+                early += heard_first
+                below += answer.header.revision < revoked.header.revision
+            requests.put(None)
+            for _ in stream:
+                pass
+    finally:
+        other.close()
+    return below, early
+
+
+def test_keepalive_does_not_see_a_revoke_before_it_is_durable(server_factory):
+    """etcd answers a keep-alive only once its applied index caught up (LeaseRenew waits), so a racing
+    revoke it reports has happened at the answer's revision.  etcdlite's keep-alive waits until every
+    applied grant and revoke is durable: a TTL-0 answer never carries a revision below the revoke's;
+    and it gives the revoke's answer a head start, so the client hears "lease gone" before its revoke
+    returns no more often than from etcd (issue 12 item 4: a third of the trials before)."""
+    lite_below, lite_early = _keepalive_racing_revoke(server_factory("etcdlite"), 200)
+    assert lite_below == 0
+    if ETCD_BIN is not None:  # the rate etcd has (12-18% here): etcdlite's may not be higher
+        etcd_below, etcd_early = _keepalive_racing_revoke(server_factory("etcd"), 200)
+        assert etcd_below == 0
+        assert lite_early <= etcd_early, (lite_early, etcd_early)
+    else:
+        assert lite_early <= 10

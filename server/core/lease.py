@@ -71,6 +71,7 @@ class Lessor:
         self._expiry_heap: list[tuple[float, int]] = []
         self._wakeup = asyncio.Event()
         self._reaper = OwnedTask("lease-reaper", self._reap_forever)
+        self._recently_revoked: dict[int, float] = {}  # lease id -> when (a keep-alive racing it waits)
         self.on_expired: Callable[[int], None] | None = None  # revoke an expired lease (set by core)
         self.local_expiry = True  # False: a shared backend's reaper decides expiry, this one stays idle
 
@@ -95,7 +96,8 @@ class Lessor:
 
     def revoked(self, lease_id: int) -> None:
         """Another instance revoked it (its keys' deletes came with it)."""
-        self._leases.pop(lease_id, None)
+        if self._leases.pop(lease_id, None) is not None:
+            self._note_revoked(lease_id)
 
     def extend(self, lease_id: int, remaining: float) -> None:
         """Kept alive through another instance: it expires ``remaining`` seconds from now (or later,
@@ -146,6 +148,19 @@ class Lessor:
             txn.delete_range(key, None)
         txn.lease_revokes.append(lease_id)
         del self._leases[lease_id]
+        self._note_revoked(lease_id)
+
+    def _note_revoked(self, lease_id: int) -> None:
+        now = self._clock()
+        recent = self._recently_revoked
+        if len(recent) > 1024:  # keep the last second's only
+            self._recently_revoked = recent = {i: t for i, t in recent.items() if now - t < 1.0}
+        recent[lease_id] = now
+
+    def revoked_within(self, lease_id: int, seconds: float) -> bool:
+        """Whether the lease was revoked (here) in the last ``seconds``."""
+        at = self._recently_revoked.get(lease_id)
+        return at is not None and self._clock() - at <= seconds
 
     def renew(self, lease_id: int) -> int:
         """Keep-alive: restart the lease's TTL; returns the TTL."""
