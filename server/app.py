@@ -21,11 +21,14 @@ from .engine import GrpcEngine
 from .etcdhttp import HttpListeners, os_error_text
 from .front import ClientPortMux, internal_grpc_address
 from .gateway import Gateway
+from .httpd import HttpServer
 from .metrics import ServerMetrics
 from .node import Node
 from .pb.etcdserverpb import rpc_pb2
 from .pb.v3electionpb import v3election_pb2
 from .pb.v3lockpb import v3lock_pb2
+from .tls import CertPair, ClientCertCheck, client_cert_pair, server_context
+from .tlsfront import TlsFront
 
 log = logging.getLogger("etcdlite")
 
@@ -38,17 +41,24 @@ def _read(path: str, what: str) -> bytes:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
-def _server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
-    """TLS from --cert-file/--key-file; --client-cert-auth requires client certs signed by --trusted-ca-file."""
-    if not (cfg.cert_file and cfg.key_file):
-        return None
-    key = _read(cfg.key_file, "--key-file")
-    cert = _read(cfg.cert_file, "--cert-file")
+def _server_credentials(cfg: Config, pair: CertPair) -> grpc.ServerCredentials:
+    """gRPC core's own TLS, for gRPC-only client URLs (--client-http-mux=false) that need nothing
+    it lacks; client certificates required as etcd requires them (see tls.server_context)."""
+    key = _read(pair.key_file, "--key-file")
+    cert = _read(pair.cert_file, "--cert-file")
     ca = _read(cfg.trusted_ca_file, "--trusted-ca-file") if cfg.trusted_ca_file else None
     if cfg.client_cert_auth and ca is None:
         raise ConfigError("--client-cert-auth needs --trusted-ca-file")
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
-                                       require_client_auth=cfg.client_cert_auth)
+                                       require_client_auth=cfg.client_cert_auth or ca is not None)
+
+
+def _grpc_core_tls_suffices(cfg: Config) -> bool:
+    """Whether gRPC core's TLS can serve the https client URLs: gRPC only, and none of the settings
+    only the TLS front honours (CRL, versions, cipher suites, allowed names)."""
+    return (not cfg.client_http_mux and not cfg.client_crl_file and not cfg.cipher_suites
+            and cfg.tls_min_version in ("", "TLS1.2") and not cfg.tls_max_version
+            and not cfg.client_cert_allowed_hostnames and not cfg.client_cert_allowed_cns)
 
 
 class EtcdServer:
@@ -64,6 +74,7 @@ class EtcdServer:
         self.grpc_methods: dict[str, grpc.RpcMethodHandler] = {}  # "/etcdserverpb.KV/Range" -> handler
         self.http: HttpListeners | None = None  # the JSON gateway, /health, /metrics ... (issue 8)
         self._mux: ClientPortMux | None = None  # --client-http-mux: HTTP/1.1 beside gRPC on the client port
+        self._tls: TlsFront | None = None  # https client URLs: TLS terminated in front of gRPC and HTTP
 
     def _services(self) -> None:
         """Every etcd method's handler, in ``grpc_methods`` under its path."""
@@ -98,38 +109,77 @@ class EtcdServer:
                 # etcd's limits are checked by the handlers, in etcd's words; core only stops the absurd
                 ("grpc.max_receive_message_length", cfg.grpc_hard_receive_bytes),
                 ("grpc.max_send_message_length", 2**31 - 1),
-                ("grpc.max_concurrent_streams", 2**31 - 1),
+                ("grpc.max_concurrent_streams", min(cfg.max_concurrent_streams, 2**31 - 1)),
+                # etcd's keepalive policy: clients may ping every --grpc-keepalive-min-time (core's
+                # default, 5 minutes, would answer a client pinging every 30 s with GOAWAY)
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", int(cfg.grpc_keepalive_min_time * 1000)),
+                ("grpc.keepalive_time_ms", int(cfg.grpc_keepalive_interval * 1000) or 2**31 - 1),
+                ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout * 1000) or 2**31 - 1),
             ],
         )
-        credentials = _server_credentials(cfg)
-        self.http = HttpListeners(self.node, self.metrics, Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes))
-        muxed = self._muxed_addresses()
-        if muxed:
-            internal, path = internal_grpc_address()
-            if self._grpc.add_port(internal) == 0:
-                raise ConfigError(f"cannot listen on the internal gRPC address {internal}")
-            self._mux = ClientPortMux(path, self.http.client)
-        for address, tls in cfg.listen_addresses():
-            if (address, tls) in muxed:
-                assert self._mux is not None
-                host, _, port_text = address.rpartition(":")
-                try:
-                    self.ports.append(await self._mux.listen(host.strip("[]"), int(port_text)))
-                except OSError as exc:
-                    raise ConfigError(f"listen tcp {address}: bind: {os_error_text(exc)}") from None
-                continue
-            try:
-                port = self._grpc.add_port(address, credentials if tls else None)
-            except RuntimeError as exc:
-                raise ConfigError(f"listen tcp {address}: bind: address already in use") from exc
-            if port == 0:
-                raise ConfigError(f"listen tcp {address}: bind: address already in use")
-            self.ports.append(port)
-        await self.http.start(cfg)
+        gateway = Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes) if cfg.enable_grpc_gateway else None
+        self.http = HttpListeners(self.node, self.metrics, gateway)
+        await self._listen_client_urls()
+        await self.http.start(cfg, self._tls_http_listener)
         self.node.lessor.start()
         self.node.watches.start()
         self._grpc.start()
         log.info("ready to serve client requests", extra={"fields": {"address": ",".join(cfg.listen_client_urls)}})
+
+    async def _listen_client_urls(self) -> None:
+        """Each client URL: plain http through the mux (or gRPC alone), https through the TLS front
+        (or gRPC core's TLS, where that suffices)."""
+        cfg = self.config
+        assert self._grpc is not None and self.http is not None
+        pair = client_cert_pair(cfg)  # --auto-tls makes it here
+        core_tls = pair is not None and _grpc_core_tls_suffices(cfg)
+        addresses = cfg.listen_addresses()
+        muxed = self._muxed_addresses()
+        path: str | None = None
+        if muxed or any(tls for _, tls in addresses) and not core_tls:
+            internal, path = internal_grpc_address()
+            if self._grpc.add_port(internal) == 0:
+                raise ConfigError(f"cannot listen on the internal gRPC address {internal}")
+            if muxed:
+                self._mux = ClientPortMux(path, self.http.client)
+        if pair is not None and (not core_tls or self._https_http_urls()):
+            self._tls = TlsFront(server_context(cfg, pair), ClientCertCheck(cfg))
+        http_beside_grpc = self.http.client if cfg.client_http_mux and not cfg.listen_client_http_urls else None
+        for address, tls in addresses:
+            host, _, port_text = address.rpartition(":")
+            host, port = host.strip("[]"), int(port_text)
+            try:
+                if (address, tls) in muxed:
+                    assert self._mux is not None
+                    self.ports.append(await self._mux.listen(host, port))
+                elif tls and not core_tls:
+                    assert self._tls is not None
+                    self.ports.append(await self._tls.listen(host, port, path, http_beside_grpc))
+                else:
+                    credentials = _server_credentials(cfg, pair) if tls and pair is not None else None
+                    self.ports.append(self._grpc_port(address, credentials))
+            except OSError as exc:
+                raise ConfigError(f"listen tcp {address}: bind: {os_error_text(exc)}") from None
+
+    def _grpc_port(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
+        assert self._grpc is not None
+        try:
+            port = self._grpc.add_port(address, credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"listen tcp {address}: bind: address already in use") from exc
+        if port == 0:
+            raise ConfigError(f"listen tcp {address}: bind: address already in use")
+        return port
+
+    def _https_http_urls(self) -> bool:
+        cfg = self.config
+        return any(u.startswith("https:") for u in cfg.listen_client_http_urls + cfg.listen_metrics_urls)
+
+    async def _tls_http_listener(self, server: HttpServer, host: str, port: int) -> int:
+        """An https --listen-client-http-urls / --listen-metrics-urls listener, behind the TLS front."""
+        if self._tls is None:
+            raise ConfigError("an https listener needs --cert-file and --key-file (or --auto-tls)")
+        return await self._tls.listen(host, port, None, server)
 
     def _muxed_addresses(self) -> list[tuple[str, bool]]:
         """The client addresses the front listener takes (plain http ones, with --client-http-mux
@@ -149,6 +199,8 @@ class EtcdServer:
             self.http.close()
         if self._mux is not None:
             self._mux.close()
+        if self._tls is not None:
+            self._tls.close()
         # watch streams never end by themselves: end them first so the grace period is not spent on them
         self.node.watches.close()
         if self._grpc is not None:
@@ -156,6 +208,9 @@ class EtcdServer:
         if self._mux is not None:
             self._mux.abort_connections()
             await self._mux.wait_closed()
+        if self._tls is not None:
+            self._tls.abort_connections()
+            await self._tls.wait_closed()
         if self.http is not None:
             await self.http.wait_closed()
         await self.node.watches.wait_closed()

@@ -60,6 +60,7 @@ from .config import Config, ConfigError, parse_go_duration
 from .fsutil import fsync_dir
 from .pb.authpb import auth_pb2
 from .pb.etcdserverpb import rpc_pb2 as pb
+from .tls import PEERS
 
 
 class _Lazy:
@@ -549,7 +550,7 @@ def _tls_common_name(context: grpc.aio.ServicerContext) -> str | None:
     """The verified client certificate's CN ("" when it has none); None without a client certificate."""
     props = context.auth_context() or {}
     if not props.get("x509_pem_cert") and not props.get("x509_subject"):
-        return None
+        return PEERS.common_name(context.peer())  # a connection the TLS front relays (tlsfront.py)
     names = props.get("x509_common_name") or [b""]
     return names[0].decode(errors="replace")
 

@@ -15,9 +15,8 @@ import re
 import grpc
 from crc32c import crc32c
 
-from .. import __version__, errors
-from ..version import CLUSTER_VERSION
-from ..version import SERVER_VERSION as ETCD_VERSION
+from .. import errors
+from ..version import CLUSTER_VERSION, SERVER_VERSION
 from ..alarm import describe
 from ..node import Node
 from ..pb.etcdserverpb import rpc_pb2 as pb
@@ -25,8 +24,6 @@ from ..wal import WAL, snapshot_revision, snapshot_size
 
 log = logging.getLogger("etcdlite.maintenance")
 
-# Status.version: the etcd release whose API etcdlite serves, tagged as etcdlite's (semver build metadata)
-SERVER_VERSION = f"{ETCD_VERSION}+etcdlite.{__version__}"
 SNAPSHOT_CHUNK = 32 * 1024  # etcd's snapshotSendBufferSize
 
 
