@@ -257,10 +257,9 @@ class HttpListeners:
     def figures(self) -> NodeFigures:
         node = self._node
         store = node.store
-        wal = node.wal
-        index = wal.durable_index if wal is not None else 0
         return NodeFigures(member_id=node.member_id, revision=store.visible_revision,
-                           compact_revision=store.compact_revision, keys=store.key_count(), applied_index=index,
+                           compact_revision=store.compact_revision, keys=store.key_count(),
+                           applied_index=node.raft_index,
                            db_size=node.db_size(), quota_bytes=node.quota_bytes)
 
     async def start(self, cfg: Config, tls_listen: TlsListen) -> None:

@@ -18,13 +18,12 @@ from .lease import Lessor
 from .membership import Member, Membership
 from .mvcc import MVCCStore
 from .pb.etcdserverpb import rpc_pb2 as pb
+from .raftstate import FIRST_TERM, RaftState, start_term
 from .wal import WAL, DiskFaults, Recovery, WALOptions
 from .watch import WatchHub
 
 log = logging.getLogger("etcdlite")
 
-# A fresh single-member etcd reports raft term 2 (its first election).
-RAFT_TERM = 2
 
 
 class Node:
@@ -32,7 +31,8 @@ class Node:
         self.config = config
         self.member_id = config.member_id
         self.cluster_id = config.cluster_id
-        self.raft_term = RAFT_TERM
+        self.raft_term = FIRST_TERM  # this start's, once open_storage() has counted it (raftstate.py)
+        self._raft = RaftState(FIRST_TERM, 0)
         self.store = MVCCStore()
         self.lessor = Lessor(self.store.write_txn, self.member_id)
         self.store.leases = self.lessor
@@ -60,6 +60,8 @@ class Node:
         self.alarms.load()
         self.store.use_journal(wal)
         self.wal = wal
+        self._raft = start_term(wal.member_dir, fsync=not cfg.unsafe_no_fsync)
+        self.raft_term = self._raft.term
         log.info("recovered the data dir", extra={"fields": {
             "data-dir": cfg.data_dir, "revision": rec.revision, "compact-revision": self.store.compact_revision,
             "index": rec.index, "snapshot": str(rec.snapshot or ""), "replayed-entries": rec.replayed,
@@ -97,6 +99,12 @@ class Node:
         """--quota-backend-bytes: 0 is etcd's default (2 GiB), negative turns the quota off."""
         quota = self.config.quota_backend_bytes
         return DEFAULT_QUOTA_BACKEND_BYTES if quota == 0 else quota
+
+    @property
+    def raft_index(self) -> int:
+        """etcd's raftIndex (= raftAppliedIndex: one member applies what it commits, and etcdlite
+        counts only durable entries)."""
+        return self._raft.base_index + (self.wal.durable_index if self.wal is not None else 0)
 
     def db_size(self) -> int:
         """Bytes on disk (etcd's dbSize)."""

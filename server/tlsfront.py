@@ -75,6 +75,8 @@ class _Conn:
 
     # -- set-up ------------------------------------------------------------------------------------
     def on_tls(self, mask: int) -> None:
+        if self.closed:  # closed by an earlier event of the same select
+            return
         if self.plain is None:
             self._set_up()
         else:
@@ -161,7 +163,8 @@ class _Conn:
 
     # -- the relay -------------------------------------------------------------------------------------
     def on_plain(self, mask: int) -> None:
-        self._relay(mask, from_tls=False)
+        if not self.closed:
+            self._relay(mask, from_tls=False)
 
     def _relay(self, mask: int, from_tls: bool) -> None:
         try:
@@ -353,15 +356,25 @@ class TlsFront:
         try:
             while True:
                 for key, mask in self._selector.select(self._timeout()):
-                    if key.data is not None:
+                    if key.data is None:
+                        if self._drain_wakeups():
+                            return
+                        continue
+                    try:
                         key.data(mask)
-                    elif self._drain_wakeups():
-                        return
+                    except Exception:  # one connection's bug must not stop every other one
+                        log.exception("TLS front: a connection failed unexpectedly")
+                        self._close_owner(key.fileobj)
                 self._expire()
         finally:
             for conn in list(self._conns):
                 conn.close()
             self._selector.close()
+
+    def _close_owner(self, sock: object) -> None:
+        for conn in list(self._conns):
+            if sock is conn.tls or sock is conn.plain:
+                conn.close()
 
     def _timeout(self) -> float | None:
         deadlines = [c.deadline for c in self._conns if c.deadline is not None]

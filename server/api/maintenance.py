@@ -35,7 +35,7 @@ class MaintenanceService:
     async def status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
         node = self._node
         wal = node.wal
-        index = wal.durable_index if wal is not None else 0
+        index = node.raft_index
         size = node.db_size()
         in_use = self._size_in_use()
         resp = pb.StatusResponse(
