@@ -1,10 +1,10 @@
 """etcd's ``--config-file``: a YAML file whose keys are ``embed.Config``'s JSON tags.
 
 etcd reads it with sigs.k8s.io/yaml (YAML turned into JSON, then Go's encoding/json), so:
-keys match case-insensitively, unknown keys are ignored, a string field also takes a YAML number
-or bool (written back as text), other fields need their own type (durations are integers of
-nanoseconds), URL lists are one comma-separated string, and the client TLS settings live under
-``client-transport-security``.  When a config file is given etcd ignores every other flag and
+keys match case-insensitively, unknown keys are ignored, each field takes only its JSON type (a
+number is no string: ``auto-compaction-retention: 1`` is refused, ``"1"`` is taken; durations are
+integers of nanoseconds), URL lists are one comma-separated string, and the client TLS settings
+live under ``client-transport-security``.  When a config file is given etcd ignores every other flag and
 ``ETCD_*`` variable; so does etcdlite.
 """
 
@@ -57,15 +57,6 @@ def _type_error(key: str, value: Any, go_type: str) -> ConfigFileError:
                            f"{_json_type(value)} into Go struct field configYAML.{key} of type {go_type}")
 
 
-def _go_text(value: Any) -> str:
-    """sigs.k8s.io/yaml writes a scalar bound for a string field as YAML spelled it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def decode_value(flag: Flag, key: str, value: Any) -> object:
     """One key's value as etcd's JSON decoding would take it, then checked as the flag checks it."""
     kind = flag.kind
@@ -88,9 +79,9 @@ def decode_value(flag: Flag, key: str, value: Any) -> object:
             return value / 1e9  # nanoseconds
         text = str(value)
     else:
-        if isinstance(value, (list, dict)):
+        if not isinstance(value, str):
             raise _type_error(key, value, "string")
-        text = _go_text(value)
+        text = value
     try:
         return convert(flag, text)
     except FlagValueError as exc:
