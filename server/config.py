@@ -35,11 +35,9 @@ class Config:
     # HTTP/1.1 beside gRPC on the client port, as etcd serves it (see README); off: gRPC only, faster
     client_http_mux: bool = True
     advertise_client_urls: list[str] = field(default_factory=lambda: ["http://localhost:2379"])
-    listen_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
     initial_advertise_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
     initial_cluster: str = ""
     initial_cluster_token: str = "etcd-cluster"
-    initial_cluster_state: str = "new"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     quota_backend_bytes: int = 0

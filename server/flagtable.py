@@ -111,7 +111,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("initial-cluster", S, "default=http://localhost:2380", CLUSTER,
          "Initial cluster configuration for bootstrapping.", "initial_cluster"),
     Flag("initial-cluster-state", CH, "new", CLUSTER, "Initial cluster state ('new' or 'existing').",
-         "initial_cluster_state", choices=("new", "existing")),
+         choices=("new", "existing")),
     Flag("initial-cluster-token", S, "etcd-cluster", CLUSTER,
          "Initial cluster token for the etcd cluster during bootstrap.", "initial_cluster_token"),
     Flag("advertise-client-urls", URLS, "http://localhost:2379", CLUSTER,

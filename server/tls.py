@@ -2,9 +2,11 @@
 
 * ``validate_tls_settings``: etcd's checks of --tls-min-version/--tls-max-version/--cipher-suites and of
   the allowed-CN/hostname lists, with etcd's messages.
-* ``self_signed_cert``: ``--auto-tls``, as etcd's transport.SelfCert makes it: an ECDSA P-521 key, a
-  certificate for the hosts of the client URLs (IPs as IP SANs, names as DNS SANs), Organization
-  "etcd", valid --self-signed-cert-validity years, kept in <data-dir>/fixtures/client and reused.
+* ``self_signed_cert``: ``--auto-tls``, as etcd's transport.SelfCert makes it: a certificate for the
+  hosts of the client URLs (IPs as IP SANs, names as DNS SANs), Organization "etcd", valid
+  --self-signed-cert-validity years, kept in <data-dir>/fixtures/client and reused.  The key is ECDSA
+  P-256 where etcd's is P-521: in TLS 1.3 a P-521 key must sign with ecdsa_secp521r1_sha512, which
+  BoringSSL (gRPC core: Python, C++, Ruby ... clients) does not offer, so those clients could not connect.
 * ``server_context``: the ssl.SSLContext (versions, cipher suites, client certificates required with
   --client-cert-auth or --trusted-ca-file as etcd requires them, ALPN).
 * ``ClientCertCheck``: what etcd checks after the handshake: the client certificate's serial against
@@ -137,7 +139,7 @@ def self_signed_cert(directory: Path, urls: list[str], validity_years: int) -> C
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     now = datetime.datetime.now(datetime.timezone.utc)
     not_after = now + datetime.timedelta(days=365 * validity_years)
-    key = ec.generate_private_key(ec.SECP521R1())
+    key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "etcd")])
     sans: list[x509.GeneralName] = []
     for host in (_host_of(u) for u in urls):
