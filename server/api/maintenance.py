@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 
 import grpc
 from crc32c import crc32c
@@ -18,6 +17,7 @@ from crc32c import crc32c
 from .. import errors
 from ..version import CLUSTER_VERSION, SERVER_VERSION
 from ..alarm import describe
+from ..downgrade import UNKNOWN_METHOD, Downgrade
 from ..node import Node
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..wal import WAL, snapshot_revision, snapshot_size
@@ -31,6 +31,7 @@ class MaintenanceService:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._in_use: tuple[tuple[int, int, int], int] = ((-1, -1, -1), 0)  # (state it was computed for, size)
+        self._downgrade = Downgrade(CLUSTER_VERSION)
 
     async def status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
         node = self._node
@@ -137,10 +138,17 @@ class MaintenanceService:
     async def downgrade(self, request: pb.DowngradeRequest, context: grpc.aio.ServicerContext
                         ) -> pb.DowngradeResponse:
         self._node.auth.check_admin(context)
-        if request.action != pb.DowngradeRequest.VALIDATE:
-            # what a one-member etcd 3.5 answers to ENABLE and CANCEL (it never completes them)
-            raise errors.TIMEOUT
-        _check_downgrade_target(request.version)
+        job = self._downgrade
+        if request.action == pb.DowngradeRequest.VALIDATE:
+            job.validate(request.version)
+        elif request.action == pb.DowngradeRequest.ENABLE:
+            job.enable(request.version)
+            log.info("downgrade enabled", extra={"fields": {"target-version": request.version}})
+        elif request.action == pb.DowngradeRequest.CANCEL:
+            job.cancel()
+            log.info("downgrade cancelled")
+        else:
+            raise UNKNOWN_METHOD
         resp = pb.DowngradeResponse(version=CLUSTER_VERSION)
         self._node.fill_header(resp.header)
         return resp
@@ -149,17 +157,3 @@ class MaintenanceService:
         if self._node.wal is None:
             raise errors.STOPPED
         return self._node.wal
-
-
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
-
-
-def _check_downgrade_target(version: str) -> None:
-    """etcd's downgrade validation: a semver one minor release below the cluster's."""
-    m = _SEMVER.match(version)
-    if m is None:
-        raise errors.EtcdError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "etcdserver: wrong downgrade target version format")
-    major, minor = (int(x) for x in CLUSTER_VERSION.split(".")[:2])
-    if (int(m.group(1)), int(m.group(2))) != (major, minor - 1):
-        raise errors.EtcdError(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: invalid downgrade target version")
