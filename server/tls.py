@@ -188,6 +188,7 @@ def server_context(cfg: Config, pair: CertPair, alpn: list[str] | None = None) -
     """TLSInfo.ServerConfig: certificate, versions, suites; client certificates verified and required
     once --client-cert-auth or --trusted-ca-file is set (etcd's RequireAndVerifyClientCert)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.options |= ssl.OP_NO_RENEGOTIATION  # as Go's server
     ctx.minimum_version = tls_version(cfg.tls_min_version) or ssl.TLSVersion.TLSv1_2
     high = tls_version(cfg.tls_max_version)
     if high is not None:

@@ -70,6 +70,7 @@ class _Conn:
         self.to_tls = b""
         self.tls_eof = False
         self.plain_eof = False
+        self.read_wants_write = False  # OpenSSL must write (a TLS 1.3 key update) before it reads on
         self.closed = False
         self.masks: dict[int, int] = {}
 
@@ -185,10 +186,14 @@ class _Conn:
         self._update()
 
     def _pump_tls(self) -> None:
+        self.read_wants_write = False
         while not self.to_plain and not self.tls_eof:
             try:
                 data = self.tls.recv(_CHUNK)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLWantWriteError:
+                self.read_wants_write = True
                 return
             except ssl.SSLZeroReturnError:
                 data = b""
@@ -237,7 +242,8 @@ class _Conn:
         self.to_tls = self.to_tls[n:]
 
     def _update(self) -> None:
-        tls_mask = (_READ if not self.to_plain and not self.tls_eof else 0) | (_WRITE if self.to_tls else 0)
+        tls_mask = ((_READ if not self.to_plain and not self.tls_eof else 0)
+                    | (_WRITE if self.to_tls or self.read_wants_write else 0))
         self._want(self.tls, tls_mask)
         if self.plain is not None:
             plain_mask = (_READ if not self.to_tls and not self.plain_eof else 0) | (_WRITE if self.to_plain else 0)
@@ -282,6 +288,7 @@ class TlsFront:
         self._pending: list[Callable[[], None]] = []  # work handed to the thread
         self._lock = threading.Lock()
         self._conns: set[_Conn] = set()
+        self._http_tasks: set[asyncio.Task[None]] = set()  # hand-overs to the HTTP server, until they are done
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -404,8 +411,7 @@ class TlsFront:
             self._pending.append(job)
         self._wake_w.send(b"\0")
 
-    @staticmethod
-    def _serve_http(http: HttpServer, sock: socket.socket) -> None:
+    def _serve_http(self, http: HttpServer, sock: socket.socket) -> None:
         async def serve() -> None:
             try:
                 reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
@@ -414,7 +420,9 @@ class TlsFront:
                 return
             http.serve(reader, writer)
 
-        asyncio.get_running_loop().create_task(serve(), name="client-tls-http")
+        task = asyncio.get_running_loop().create_task(serve(), name="client-tls-http")
+        self._http_tasks.add(task)
+        task.add_done_callback(self._http_tasks.discard)
 
     def close(self) -> None:
         """Stop accepting."""
