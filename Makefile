@@ -9,7 +9,7 @@ ARGS ?=
 
 .PHONY: install run test test-server test-clients proto proto-check bench clean crash-test e2e
 
-$(STAMP): pyproject.toml server/_splice.c
+$(STAMP): pyproject.toml server/_splice.c server/_tlsrelay.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

@@ -258,7 +258,7 @@ class HttpListeners:
         node = self._node
         store = node.store
         return NodeFigures(member_id=node.member_id, revision=store.visible_revision,
-                           compact_revision=store.compact_revision, keys=store.key_count(),
+                           compact_revision=store.compact_revision, keys=store.live_key_count(),
                            applied_index=node.raft_index,
                            db_size=node.db_size(), quota_bytes=node.quota_bytes)
 

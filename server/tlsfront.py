@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from .httpd import HttpServer
 from .tls import PEERS, ClientCertCheck, RejectedCertificate
+from .tlsrelay import NativeRelays, available
 
 log = logging.getLogger("etcdlite.tls")
 
@@ -115,6 +116,8 @@ class _Conn:
             return self.close()
         self.plain.setblocking(False)
         self._send_plain(self.head)
+        if not self.to_plain and self.front.hand_over(self):
+            return
         self._relay(_READ, from_tls=True)
 
     def _sniff(self) -> bool:
@@ -291,6 +294,11 @@ class TlsFront:
         self._http_tasks: set[asyncio.Task[None]] = set()  # hand-overs to the HTTP server, until they are done
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # established connections go to the relay loop in C where it can run (tlsrelay.py)
+        self._native = NativeRelays(self._native_done) if available() else None
+        self._native_peers: dict[int, str] = {}  # relay id -> its PEERS name
+        if self._native is not None:
+            self._selector.register(self._native.done_r, _READ, lambda mask: self._native.read_done())
 
     async def listen(self, host: str, port: int, grpc_path: str | None, http: HttpServer | None,
                      reuse_port: bool = False) -> int:
@@ -332,6 +340,26 @@ class TlsFront:
             self._selector.modify(sock, mask, handler)
         else:
             self._selector.unregister(sock)
+
+    def hand_over(self, conn: _Conn) -> bool:
+        """Give an established connection to the C relay loop; False: relay it here."""
+        if self._native is None or conn.plain is None:
+            return False
+        for sock in (conn.tls, conn.plain):
+            self.forget(conn, sock)
+        relay_id = next(_relay_names)
+        if not self._native.take(conn.tls, conn.plain, relay_id):
+            self._conns.add(conn)
+            return False
+        if conn.peer_name:
+            self._native_peers[relay_id] = conn.peer_name
+        conn.closed = True  # the C loop owns its sockets now
+        return True
+
+    def _native_done(self, relay_id: int) -> None:
+        name = self._native_peers.pop(relay_id, None)
+        if name is not None:
+            PEERS.remove(name)
 
     def forget(self, conn: _Conn, sock: socket.socket) -> None:
         if conn.masks.pop(sock.fileno(), 0):
@@ -376,6 +404,10 @@ class TlsFront:
         finally:
             for conn in list(self._conns):
                 conn.close()
+            if self._native is not None:
+                self._native.close()
+                for name in self._native_peers.values():
+                    PEERS.remove(name)
             self._selector.close()
 
     def _close_owner(self, sock: object) -> None:

@@ -132,3 +132,34 @@ def test_downgrade_enable_and_cancel(differential) -> None:
                  ("FAILED_PRECONDITION", "etcdserver: cluster has a downgrade job in progress"),
                  ("FAILED_PRECONDITION", "etcdserver: no inflight downgrade job"),
                  ("UNKNOWN", "etcdserver: unknown method")]
+
+
+def test_keys_gauge_counts_live_keys_as_etcds(tmp_path: Path) -> None:
+    """etcd_debugging_mvcc_keys_total: a new key adds one, a delete takes one away, a restart keeps it."""
+    import urllib.request
+
+    from harness import delete_req
+
+    def keys(srv: EtcdProcess) -> str:
+        text = urllib.request.urlopen(srv.endpoint + "/metrics", timeout=10).read().decode()
+        return next(line for line in text.splitlines() if line.startswith("etcd_debugging_mvcc_keys_total"))
+
+    def scenario(srv: EtcdProcess) -> list[str]:
+        srv.start()
+        c = Client(srv.stubs())
+        out = [keys(srv)]
+        c.put("k", "v")
+        c.put("1", "v")
+        out.append(keys(srv))
+        c.call("KV.DeleteRange", delete_req("1"))
+        c.put("k", "w")
+        c.compact(4)
+        out.append(keys(srv))
+        srv.restart()
+        out.append(keys(srv))
+        srv.stop()
+        return out
+
+    procs = {t: EtcdProcess(t, tmp_path / t) for t in targets()}
+    for target, result in run_parallel({t: (lambda p=p: scenario(p)) for t, p in procs.items()}).items():
+        assert [line.split()[-1] for line in result] == ["0", "2", "1", "1"], target

@@ -56,6 +56,12 @@ def build() -> tuple[Path, Path]:
     if not (bin_dir / "etcdctl").exists():
         subprocess.run(["go", "build", "-o", str(bin_dir / "etcdctl"), "go.etcd.io/etcd/etcdctl"], check=True,
                        env=_go_env(), cwd=WORK)
+    # tests name their certificates "../../integration/fixtures/...", relative to the suite's own folder
+    (WORK / "tests" / "e2e").mkdir(parents=True, exist_ok=True)
+    if not (WORK / "integration").exists():
+        (WORK / "integration").mkdir()
+        (WORK / "integration" / "fixtures").symlink_to(FIXTURES)
+    shutil.copy(Path(__file__).with_name("etcd.conf.yml.sample"), WORK / "etcd.conf.yml.sample")  # "../../…" too
     wrapper = bin_dir / "etcd"
     wrapper.write_text(f"#!/bin/sh\nexec {ETCDLITE} \"$@\"\n")
     wrapper.chmod(0o755)
@@ -72,7 +78,7 @@ def run_one(suite: Path, bin_dir: Path, name: str) -> tuple[bool, float, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD", "ETCDCTL"))}
     proc = subprocess.Popen([str(suite), "-test.run", f"^{name}$", "-test.v", "-bin-dir", str(bin_dir),
                              "-cert-dir", str(FIXTURES)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=WORK, env=env, start_new_session=True)
+                            text=True, cwd=WORK / "tests" / "e2e", env=env, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=PER_TEST_TIMEOUT)
     except subprocess.TimeoutExpired:
