@@ -84,23 +84,33 @@ class _Conn:
         else:
             self._relay(mask, from_tls=True)
 
+    def _handshake(self) -> bool:
+        """Go on with the handshake and, once it is done, etcd's checks; whether both are done and passed."""
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(self.tls, _READ)
+            return False
+        except ssl.SSLWantWriteError:
+            self._want(self.tls, _WRITE)
+            return False
+        except (ssl.SSLError, OSError) as exc:
+            self._reject(exc)
+            return False
+        self.handshaken = True
+        der = self.tls.getpeercert(binary_form=True)
+        try:
+            self.front.check.check(der)
+        except RejectedCertificate as exc:
+            self._reject(exc)
+            return False
+        self.common_name = ClientCertCheck.common_name(der) if der else None
+        return True
+
     def _set_up(self) -> None:
-        if not self.handshaken:
-            try:
-                self.tls.do_handshake()
-            except ssl.SSLWantReadError:
-                return self._want(self.tls, _READ)
-            except ssl.SSLWantWriteError:
-                return self._want(self.tls, _WRITE)
-            except (ssl.SSLError, OSError) as exc:
-                return self._reject(exc)
-            self.handshaken = True
-            der = self.tls.getpeercert(binary_form=True)
-            try:
-                self.front.check.check(der)
-            except RejectedCertificate as exc:
-                return self._reject(exc)
-            self.common_name = ClientCertCheck.common_name(der) if der else None
+        """Handshake, checks, then where the connection goes (by ALPN, else by its first bytes)."""
+        if not self.handshaken and not self._handshake():
+            return
         protocol = self.tls.selected_alpn_protocol()
         if protocol is None and not self._sniff():
             return
@@ -113,7 +123,8 @@ class _Conn:
                 self.plain = self._to_http()
         except OSError as exc:
             log.warning("cannot reach the internal gRPC listener", extra={"fields": {"error": str(exc)}})
-            return self.close()
+            self.close()
+            return
         self.plain.setblocking(False)
         self._send_plain(self.head)
         if not self.to_plain and self.front.hand_over(self):
@@ -183,9 +194,11 @@ class _Conn:
         except (ssl.SSLError, OSError) as exc:
             if not isinstance(exc, ssl.SSLError) and exc.errno not in _GONE:
                 log.warning("client connection relay failed", extra={"fields": {"error": str(exc)}})
-            return self.close()
+            self.close()
+            return
         if self.plain_eof and not self.to_tls or self.tls_eof and self.plain_eof:
-            return self.close()
+            self.close()
+            return
         self._update()
 
     def _pump_tls(self) -> None:

@@ -44,8 +44,8 @@ def ensure_sources() -> None:
                    env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
 
 
-def build() -> tuple[Path, Path]:
-    """The e2e test binary and a bin dir with etcdctl 3.4 and an ``etcd`` that runs etcdlite."""
+def build(etcd: Path) -> tuple[Path, Path]:
+    """The e2e test binary and a bin dir with etcdctl 3.4 and an ``etcd`` that runs ``etcd``."""
     ensure_sources()
     bin_dir = WORK / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def build() -> tuple[Path, Path]:
         (WORK / "integration" / "fixtures").symlink_to(FIXTURES)
     shutil.copy(Path(__file__).with_name("etcd.conf.yml.sample"), WORK / "etcd.conf.yml.sample")  # "../../…" too
     wrapper = bin_dir / "etcd"
-    wrapper.write_text(f"#!/bin/sh\nexec {ETCDLITE} \"$@\"\n")
+    wrapper.write_text(f"#!/bin/sh\nexec {etcd} \"$@\"\n")
     wrapper.chmod(0o755)
     return suite, bin_dir
 
@@ -106,8 +106,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-k", default=".*", help="regex of the tests to run (go test -run syntax)")
     p.add_argument("--out", default=str(WORK / "results.md"))
+    p.add_argument("--etcd", default=str(ETCDLITE), help="the binary to test (default etcdlite; a real etcd for "
+                   "a baseline)")
     args = p.parse_args()
-    suite, bin_dir = build()
+    suite, bin_dir = build(Path(args.etcd))
     names = list_tests(suite, args.k)
     rows, passed = [], 0
     for i, name in enumerate(names, 1):
@@ -115,7 +117,7 @@ def main() -> int:
         passed += ok
         rows.append(f"| {name} | {'pass' if ok else 'FAIL'} | {seconds:.1f} | {reason} |")
         print(f"[{i}/{len(names)}] {'pass' if ok else 'FAIL'} {name} {reason}", flush=True)
-    Path(args.out).write_text(f"etcd 3.4.23 e2e with etcdlite as etcd: {passed} of {len(names)} passed\n\n"
+    Path(args.out).write_text(f"etcd 3.4.23 e2e with {args.etcd} as etcd: {passed} of {len(names)} passed\n\n"
                               "| test | result | s | first failure |\n|---|---|---:|---|\n" + "\n".join(rows) + "\n")
     print(f"{passed} of {len(names)} passed; table in {args.out}")
     return 0
