@@ -117,7 +117,8 @@ class EtcdServer:
                 ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout * 1000) or 2**31 - 1),
             ],
         )
-        gateway = Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes) if cfg.enable_grpc_gateway else None
+        gateway = (Gateway(self.grpc_methods, cfg.grpc_max_receive_bytes, min(cfg.max_concurrent_streams, 2**31 - 1))
+                   if cfg.enable_grpc_gateway else None)
         self.http = HttpListeners(self.node, self.metrics, gateway)
         await self._listen_client_urls()
         await self.http.start(cfg, self._tls_http_listener)

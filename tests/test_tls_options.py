@@ -446,3 +446,36 @@ def test_big_messages_and_many_connections_through_the_tls_front(https_servers, 
     stubs = Stubs.for_channel(secure_channel(lite, None))
     blob = b"".join(r.blob for r in stubs.maintenance.Snapshot(pb.SnapshotRequest(), timeout=60))
     assert len(blob) > 8 << 20
+
+
+def test_max_concurrent_streams_bounds_the_gateway_as_etcds(tmp_path: Path) -> None:
+    """etcd's gateway is one gRPC client connection: with --max-concurrent-streams=2, two HTTP watches
+    leave a third HTTP request waiting until one of them ends (etcd's e2e v3_curl_maxstream_test)."""
+    import http.client
+    import threading
+
+    srv = EtcdProcess("etcdlite", tmp_path / "d", args=["--max-concurrent-streams=2"]).start()
+    watches = []
+    try:
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+            conn.request("POST", "/v3/watch", body=b'{"create_request": {"key": "Zm9v"}}')
+            resp = conn.getresponse()
+            assert b'"created":true' in resp.readline()
+            watches.append((conn, resp))
+        done = threading.Event()
+
+        def range_call() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20)
+            conn.request("POST", "/v3/kv/range", body=b'{"key": "Zm9v"}')
+            assert conn.getresponse().status == 200
+            done.set()
+
+        threading.Thread(target=range_call, daemon=True).start()
+        assert not done.wait(1.5)  # waits for a stream
+        watches[0][0].close()  # one watch ends
+        assert done.wait(10)
+    finally:
+        for conn, _ in watches:
+            conn.close()
+        srv.stop()
