@@ -44,8 +44,9 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING
 
 
 def _log_handler(cfg: Config, output: str) -> logging.Handler:
-    """One --log-outputs target: default/stderr, stdout, or a file (appended to, as zap opens it)."""
-    if output in ("default", "stderr"):
+    """One --log-outputs target: default/stderr, stdout, or a file (appended to, as zap opens it).
+    etcd writes "systemd/journal" to journald's socket; under systemd stderr reaches the journal too."""
+    if output in ("default", "stderr", "systemd/journal"):
         return logging.StreamHandler(sys.stderr)
     if output == "stdout":
         return logging.StreamHandler(sys.stdout)

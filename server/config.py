@@ -236,7 +236,7 @@ def _validate_logging(cfg: Config) -> None:
         raise ConfigError('multi logoutput for "default" is not supported yet')
     if not cfg.enable_log_rotation:
         return
-    files = [o for o in cfg.log_outputs if o not in ("default", "stderr", "stdout")]
+    files = [o for o in cfg.log_outputs if o not in ("default", "stderr", "stdout")]  # as etcd counts them
     if len(files) != 1:
         raise ConfigError("--log-outputs requires a single file path when --log-rotate-config-json is defined")
     try:
