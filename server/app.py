@@ -139,35 +139,42 @@ class EtcdServer:
 
     async def _listen_client_urls(self) -> None:
         """Each client URL: plain http through the mux (or gRPC alone), https through the TLS front
-        (or gRPC core's TLS, where that suffices)."""
+        (or gRPC core's TLS, where that suffices); http and https on one port, as etcd's cmux serves
+        them, through the TLS front, which hands plain connections to the mux."""
         cfg = self.config
         assert self._grpc is not None and self.http is not None
         pair = client_cert_pair(cfg)  # --auto-tls makes it here
-        core_tls = pair is not None and _grpc_core_tls_suffices(cfg)
-        addresses = cfg.listen_addresses()
-        muxed = self._muxed_addresses()
+        kinds: dict[str, set[bool]] = {}  # address -> its schemes (tls or not), in the URLs' order
+        for address, tls in cfg.listen_addresses():
+            kinds.setdefault(address, set()).add(tls)
+        shared = {address for address, tls in kinds.items() if len(tls) == 2}
+        core_tls = pair is not None and _grpc_core_tls_suffices(cfg) and not shared
+        muxed = {address for address, tls in self._muxed_addresses()}
         path: str | None = None
-        if muxed or any(tls for _, tls in addresses) and not core_tls:
+        if muxed or shared or any(True in tls for tls in kinds.values()) and not core_tls:
             internal, path = internal_grpc_address()
             if self._grpc.add_port(internal) == 0:
                 raise ConfigError(f"cannot listen on the internal gRPC address {internal}")
-            if muxed:
+            if muxed or shared:
                 self._mux = ClientPortMux(path, self.http.client)
         if pair is not None and (not core_tls or self._https_http_urls()):
             self._tls = TlsFront(server_context(cfg, pair), ClientCertCheck(cfg))
         http_beside_grpc = self.http.client if cfg.client_http_mux and not cfg.listen_client_http_urls else None
-        for address, tls in addresses:
+        for address, schemes in kinds.items():
             host, _, port_text = address.rpartition(":")
             host, port = host.strip("[]"), int(port_text)
             try:
-                if (address, tls) in muxed:
+                if address in shared:
+                    assert self._tls is not None and self._mux is not None
+                    self.ports.append(await self._tls.listen(host, port, path, http_beside_grpc, plain=self._mux.adopt))
+                elif address in muxed:
                     assert self._mux is not None
                     self.ports.append(await self._mux.listen(host, port))
-                elif tls and not core_tls:
+                elif True in schemes and not core_tls:
                     assert self._tls is not None
                     self.ports.append(await self._tls.listen(host, port, path, http_beside_grpc))
                 else:
-                    credentials = _server_credentials(cfg, pair) if tls and pair is not None else None
+                    credentials = _server_credentials(cfg, pair) if True in schemes and pair is not None else None
                     self.ports.append(self._grpc_port(address, credentials))
             except OSError as exc:
                 raise ConfigError(f"listen tcp {address}: bind: {os_error_text(exc)}") from None

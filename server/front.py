@@ -85,6 +85,7 @@ class ClientPortMux:
         self.target = target  # the internal gRPC listener's unix socket path
         self.http = http
         self._servers: list[asyncio.Server] = []
+        self._adopting: set[asyncio.Task[object]] = set()
         self.splicer = Splicer()
 
     async def listen(self, host: str, port: int) -> int:
@@ -92,6 +93,14 @@ class ClientPortMux:
         server = await loop.create_server(lambda: _Front(self), host, port, reuse_address=True)
         self._servers.append(server)
         return server.sockets[0].getsockname()[1]
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection accepted elsewhere: a plain one on a port that also serves https (the
+        TLS front accepts those and hands over the ones that do not start a TLS handshake)."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(lambda: _Front(self), sock), name="client-mux-adopt")
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
 
     def close(self) -> None:
         for server in self._servers:

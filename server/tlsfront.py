@@ -47,10 +47,12 @@ _relay_names = itertools.count(1)
 
 @dataclass(frozen=True)
 class _Route:
-    """Where a listener's connections go: gRPC's internal listener and/or an HTTP server."""
+    """Where a listener's connections go: gRPC's internal listener and/or an HTTP server; ``plain``
+    takes those that start no TLS handshake, on a port that serves http and https alike."""
 
     grpc_path: str | None
     http: HttpServer | None
+    plain: Callable[[socket.socket], None] | None = None
 
 
 class _Conn:
@@ -304,6 +306,7 @@ class TlsFront:
         self._pending: list[Callable[[], None]] = []  # work handed to the thread
         self._lock = threading.Lock()
         self._conns: set[_Conn] = set()
+        self._peeking: set[socket.socket] = set()  # accepted on a shared port, not yet known to be TLS
         self._http_tasks: set[asyncio.Task[None]] = set()  # hand-overs to the HTTP server, until they are done
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -314,17 +317,16 @@ class TlsFront:
             self._selector.register(self._native.done_r, _READ, lambda mask: self._native.read_done())
 
     async def listen(self, host: str, port: int, grpc_path: str | None, http: HttpServer | None,
-                     reuse_port: bool = False) -> int:
-        """Serve TLS on host:port; connections go to gRPC (``grpc_path``) and/or ``http``."""
-        route = _Route(grpc_path, http)
+                     plain: Callable[[socket.socket], None] | None = None) -> int:
+        """Serve TLS on host:port; connections go to gRPC (``grpc_path``) and/or ``http``, and those
+        that are not TLS to ``plain`` (called on the event loop) if given, else nowhere."""
+        route = _Route(grpc_path, http, plain)
         self._loop = asyncio.get_running_loop()
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, address = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
             sock.listen(1024)
         except OSError:
@@ -396,9 +398,35 @@ class TlsFront:
                 continue
             raw.setblocking(False)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(self, route, raw, f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address))
-            self._conns.add(conn)
-            conn.on_tls(_READ)
+            where = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+            if route.plain is None:
+                self._start_tls(raw, route, where)
+            else:  # first see whether it speaks TLS at all
+                self._peeking.add(raw)
+                self._selector.register(raw, _READ, lambda mask, r=raw: self._tls_or_plain(r, route, where))
+
+    def _start_tls(self, raw: socket.socket, route: _Route, where: str) -> None:
+        conn = _Conn(self, route, raw, where)
+        self._conns.add(conn)
+        conn.on_tls(_READ)
+
+    def _tls_or_plain(self, raw: socket.socket, route: _Route, where: str) -> None:
+        """A TLS connection starts with a handshake record (0x16); anything else is plain."""
+        self._selector.unregister(raw)
+        try:
+            first = raw.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:  # a spurious wake-up
+            self._selector.register(raw, _READ, lambda mask: self._tls_or_plain(raw, route, where))
+            return
+        except OSError:
+            first = b""
+        self._peeking.discard(raw)
+        if first == b"\x16":
+            self._start_tls(raw, route, where)
+        elif first and route.plain is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(route.plain, raw)
+        else:
+            raw.close()
 
     def _run(self) -> None:
         try:
@@ -417,6 +445,8 @@ class TlsFront:
         finally:
             for conn in list(self._conns):
                 conn.close()
+            for raw in self._peeking:
+                raw.close()
             if self._native is not None:
                 self._native.close()
                 for name in self._native_peers.values():

@@ -479,3 +479,29 @@ def test_max_concurrent_streams_bounds_the_gateway_as_etcds(tmp_path: Path) -> N
         for conn, _ in watches:
             conn.close()
         srv.stop()
+
+
+@needs_curl
+def test_http_and_https_on_one_port(https_servers, pki: PKI) -> None:
+    """--listen-client-urls http://h:p,https://h:p: etcd serves both on one port (cmux); so does etcdlite."""
+    port = free_port()
+    procs = {}
+    for target in targets():
+        srv = HttpsProcess(target, Path(pki.ca.path).parent / f"both-{target}", ca=pki.ca.path,
+                           port=port if target == "etcdlite" else free_port(),
+                           args=[f"--cert-file={pki.server[0]}", f"--key-file={pki.server[1]}"])
+        url = f"http://127.0.0.1:{srv.port},https://127.0.0.1:{srv.port}"
+        command = srv.command()
+        command[command.index("--listen-client-urls") + 1] = url
+        srv.command = lambda c=command: c  # type: ignore[method-assign]
+        procs[target] = srv.start()
+    try:
+        for target, srv in procs.items():
+            plain = EtcdProcess(target, srv.data_dir, port=srv.port)
+            assert etcdctl(plain.endpoint, "put", "k", "v")[:2] == (0, "OK\n"), target
+            assert ctl_tls(srv, pki, "get", "k") == (0, "k\nv\n"), target
+            assert curl(srv, "/health", ca=pki.ca.path) == (200, '{"health":"true","reason":""}'), target
+            assert curl(plain, "/health") == (200, '{"health":"true","reason":""}'), target
+    finally:
+        for srv in procs.values():
+            srv.stop()
