@@ -137,11 +137,11 @@ def https_servers(tmp_path: Path, pki: PKI) -> Iterator[Callable[..., dict[str, 
     started: list[HttpsProcess] = []
 
     def start(args: list[str], cert: str | None = "root", only: list[str] | None = None,
-              with_certs: bool = True) -> dict[str, HttpsProcess]:
+              with_certs: bool = True, env: dict[str, str] | None = None) -> dict[str, HttpsProcess]:
         tls = [f"--cert-file={pki.server[0]}", f"--key-file={pki.server[1]}"] if with_certs else []
         procs = {t: HttpsProcess(t, tmp_path / f"{t}-{len(started)}.data", args=[*tls, *args],
                                  ca=pki.ca.path if with_certs else None,
-                                 cert=pki.clients[cert] if cert else None)
+                                 cert=pki.clients[cert] if cert else None, env=env)
                  for t in (only or targets())}
         started.extend(procs.values())
         return run_parallel({t: (lambda p=p: p.start()) for t, p in procs.items()})
@@ -426,14 +426,18 @@ def test_max_concurrent_streams(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_big_messages_and_many_connections_through_the_tls_front(https_servers, pki: PKI) -> None:
+@pytest.mark.parametrize("relay", ["C", "Python"])
+def test_big_messages_and_many_connections_through_the_tls_front(https_servers, pki: PKI, relay: str) -> None:
     """Bytes through the front's relay (C where built, else Python) arrive whole both ways, on many
-    connections at once: puts and gets of 1 MiB values, and a snapshot stream."""
-    lite = https_servers([], cert=None, only=["etcdlite"])["etcdlite"]
+    connections at once: puts and gets of 1 MiB values, and a snapshot stream; and the client
+    certificate's CN is the user over either relay."""
+    env = {"ETCDLITE_PY_TLS_RELAY": "1"} if relay == "Python" else None
+    lite = https_servers([f"--trusted-ca-file={pki.ca.path}", "--client-cert-auth"], cert="root", only=["etcdlite"],
+                         env=env)["etcdlite"]
     values = {f"k{i}": bytes([i]) * (1 << 20) for i in range(8)}
 
     def client_round(key: str) -> bool:
-        channel = secure_channel(lite, None)
+        channel = secure_channel(lite, pki.clients["root"])
         try:
             stubs = Stubs.for_channel(channel)
             stubs.kv.Put(pb.PutRequest(key=key.encode(), value=values[key]), timeout=30)
@@ -443,9 +447,19 @@ def test_big_messages_and_many_connections_through_the_tls_front(https_servers, 
             channel.close()
 
     assert all(run_parallel({k: (lambda k=k: client_round(k)) for k in values}).values())
-    stubs = Stubs.for_channel(secure_channel(lite, None))
+    stubs = Stubs.for_channel(secure_channel(lite, pki.clients["root"]))
     blob = b"".join(r.blob for r in stubs.maintenance.Snapshot(pb.SnapshotRequest(), timeout=60))
     assert len(blob) > 8 << 20
+    # auth on: root's certificate makes its requests root's, alice's hers (who has no permission)
+    stubs.auth.UserAdd(pb.AuthUserAddRequest(name="root", password="rootpw"), timeout=10)
+    stubs.auth.UserGrantRole(pb.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
+    stubs.auth.UserAdd(pb.AuthUserAddRequest(name="alice", password="apw"), timeout=10)
+    stubs.auth.AuthEnable(pb.AuthEnableRequest(), timeout=10)
+    assert stubs.kv.Range(pb.RangeRequest(key=b"k0"), timeout=10).count == 1
+    alice = Stubs.for_channel(secure_channel(lite, pki.clients["alice"]))
+    with pytest.raises(grpc.RpcError) as exc:
+        alice.kv.Range(pb.RangeRequest(key=b"k0"), timeout=10)
+    assert exc.value.details() == "etcdserver: permission denied"
 
 
 def test_max_concurrent_streams_bounds_the_gateway_as_etcds(tmp_path: Path) -> None:
