@@ -282,7 +282,8 @@ def test_config_file_is_served_and_flags_beside_it_are_ignored(tmp_path: Path, v
         assert "loaded server configuration, other configuration command line flags and environment variables " \
                "will be ignored if provided" in log
         ignored = [json.loads(line) for line in log.splitlines() if "ignored-flags" in line]
-        assert ignored[0]["ignored-flags"] == ["heartbeat-interval", "listen-peer-urls", "peer-transport-security"]
+        assert ignored[0]["ignored-flags"] == ["heartbeat-interval", "initial-cluster-state", "listen-peer-urls",
+                                             "peer-transport-security"]
     finally:
         for proc, _ in procs.values():
             proc.terminate()
