@@ -10,9 +10,9 @@ ARGS ?=
 ETCDLITE_ARTIFACTS ?= $(CURDIR)/test-artifacts
 export ETCDLITE_ARTIFACTS
 
-.PHONY: install run test test-server test-clients lint proto proto-check bench clean crash-test browser
+.PHONY: install run test test-server test-clients lint proto proto-check bench clean crash-test browser e2e
 
-$(STAMP): pyproject.toml server/transport/_splice.c
+$(STAMP): pyproject.toml server/transport/_splice.c server/transport/_tlsrelay.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -73,3 +73,8 @@ clean:
 # etcd and etcdlite side by side under etcd's own benchmark tool (see bench/run.py)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --out bench/results.md
+
+# etcd 3.4's own e2e suite (Debian's golang-etcd-server-dev) with etcdlite as `etcd`; 20-40 min, not in `make test`
+E2E_TESTS ?= .*
+e2e: $(STAMP)
+	$(BIN)/python tests/e2e/run_e2e.py -k '$(E2E_TESTS)'
