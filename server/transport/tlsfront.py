@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import selectors
@@ -79,23 +80,27 @@ class TlsFront:
         event loop) if given, else nowhere."""
         route = Route(grpc_path, http, plain)
         self._loop = asyncio.get_running_loop()
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(socket.SOMAXCONN)
-        except OSError:
-            sock.close()
-            raise
-        sock.setblocking(False)
-        self._listeners.append(sock)
-        self._call(lambda: self._watch_listener(sock, route))
+        infos = await self._loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        first = 0
+        for family, type_, proto, _, address in dict.fromkeys(infos):  # every address, as the mux
+            sock = socket.socket(family, type_, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(socket.SOMAXCONN)
+            except OSError:
+                sock.close()
+                raise
+            sock.setblocking(False)
+            self._listeners.append(sock)
+            self._call(functools.partial(self._watch_listener, sock, route))
+            first = first or int(sock.getsockname()[1])
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="client-tls", daemon=True)
             self._thread.start()
-        return int(sock.getsockname()[1])
+        return first
 
     # -- called on the thread ----------------------------------------------------------------------
     def count(self, delta: int) -> None:
