@@ -59,14 +59,14 @@ class Config:
     key_file: str = ""
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
-    auth_token: str = "simple"  # "simple", "jwt,pub-key=...,priv-key=...,sign-method=...,ttl=..." (see auth.py)
+    auth_token: str = "simple"  # "simple", "jwt,pub-key=...,priv-key=...,sign-method=...,ttl=..." (see core/auth/tokens.py)
     auth_token_ttl: int = 300  # seconds a simple token stays valid after its last use
     bcrypt_cost: int = 10  # etcd's default; 4..31
     log_format: str = "json"
     watch_progress_notify_interval: float = DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL  # seconds
     console: bool = True  # the web console at /ui on the client HTTP ports
     fault_injection: bool = False  # /debug/inject on the client HTTP side (core/faults.py)
-    # TLS on https:// client URLs beyond cert/key/CA (see tls.py)
+    # TLS on https:// client URLs beyond cert/key/CA (tlssettings.py checks them, transport/tls.py applies them)
     auto_tls: bool = False  # a self-signed certificate under <data-dir>/fixtures/client, as etcd makes it
     self_signed_cert_validity: int = 1  # years
     client_crl_file: str = ""

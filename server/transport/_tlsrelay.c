@@ -1,4 +1,4 @@
-/* The TLS front's relay loop in C (tlsfront.py): once Python's ssl module has done a connection's
+/* The TLS front's relay loop in C (tlsfront.py, tlsconn.py): once Python's ssl module has done a connection's
  * handshake and its checks, the connection's bytes move between the TLS socket and the plain socket
  * behind it here, on a thread that never holds the GIL: SSL_read from the client into the plain
  * socket, and from the plain socket SSL_write to the client.  Back-pressure as in _splice.c: a
@@ -7,7 +7,7 @@
  * The SSL objects are the ssl module's own: ssl_pointer() takes the SSL* out of an _ssl._SSLSocket
  * (checking it is the one bound to the socket given) and holds a reference on it (SSL_up_ref), so
  * the Python object may go.  OpenSSL's functions are looked up in the very libssl the ssl module
- * loaded (init(path)); where that cannot be done, tlsfront.py relays in Python.
+ * loaded (init(path)); where that cannot be done, tlsconn.py relays in Python.
  *
  * serve(ctl_fd, done_fd) runs the loop until it reads "q" on ctl_fd; "n" + two native ints + an
  * SSL pointer (as 64 bits) + a 64-bit id adds a relay (both sockets non-blocking, owned by the loop from then on:

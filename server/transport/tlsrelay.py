@@ -1,10 +1,13 @@
 """The TLS front's relays in C (``_tlsrelay.c``), where the extension was built and can use the ssl
-module's own OpenSSL; ``tlsfront.py`` relays in Python otherwise (``ETCDLITE_PY_TLS_RELAY=1`` forces it).
+module's own OpenSSL; ``tlsconn.py`` relays in Python otherwise (``ETCDLITE_PY_TLS_RELAY=1`` forces it).
 
 ``NativeRelays.take(conn)`` hands a connection whose handshake, checks and routing are done to the C
 loop's thread: the TLS socket, the plain socket and a reference on the connection's OpenSSL object.
 When the loop ends a relay it reports the relay's id, and ``on_done`` hears of it (the TLS front
-then forgets the client certificate it kept for that connection).
+then forgets the client certificate it kept for that connection and gives its descriptors back to
+the budget).  The ids go through a non-blocking pipe the front's thread drains at once; were it
+ever full, an id would be lost and its three descriptors stay counted: the budget errs on the side
+of refusing, never of running out.
 """
 
 from __future__ import annotations
