@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -44,8 +45,10 @@ from .transport.inject import InjectApi
 from .transport.metrics import ServerMetrics
 from .transport.rpc import generic_handler
 from .transport.splice import RelayError
-from .transport.tls import CertPair, ClientCertCheck, client_cert_pair, server_context
-from .transport.tlsfront import TlsFront
+
+if TYPE_CHECKING:  # TLS (cryptography's x509) is loaded only where a URL is https (idle memory)
+    from .transport.tls import CertPair
+    from .transport.tlsfront import TlsFront
 
 log = logging.getLogger("etcdlite")
 
@@ -70,6 +73,17 @@ def _server_credentials(cfg: Config, pair: CertPair) -> grpc.ServerCredentials:
         raise ConfigError("--client-cert-auth needs --trusted-ca-file")
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                        require_client_auth=cfg.client_cert_auth or ca is not None)
+
+
+def _client_cert_pair(cfg: Config) -> CertPair | None:
+    """The https URLs' certificate (tls.client_cert_pair); None where no URL is https and no
+    --auto-tls asks for one (etcd makes it then too)."""
+    urls = cfg.listen_client_urls + cfg.listen_client_http_urls + cfg.listen_metrics_urls
+    if not cfg.auto_tls and not any(url.startswith("https:") for url in urls):
+        return None
+    from .transport.tls import client_cert_pair
+
+    return client_cert_pair(cfg)
 
 
 def _grpc_core_tls_suffices(cfg: Config) -> bool:
@@ -189,7 +203,7 @@ class EtcdServer:
         addresses that serve HTTP beside gRPC."""
         cfg = self.config
         assert self._grpc is not None and self.http is not None
-        pair = client_cert_pair(cfg)  # --auto-tls makes it here
+        pair = _client_cert_pair(cfg)  # --auto-tls makes it here
         kinds: dict[str, set[bool]] = {}  # address -> its schemes (tls or not), in the URLs' order
         for address, tls in cfg.listen_addresses():
             kinds.setdefault(address, set()).add(tls)
@@ -211,6 +225,9 @@ class EtcdServer:
                     raise ConfigError(str(exc)) from None
         if pair is not None and (not core_tls or self._https_http_urls()):
             self._budget = self._budget or ConnectionBudget()
+            from .transport.tls import ClientCertCheck, server_context
+            from .transport.tlsfront import TlsFront
+
             self._tls = TlsFront(server_context(cfg, pair), ClientCertCheck(cfg), self._budget)
         http_beside_grpc = self.http.client if cfg.client_http_mux and not cfg.listen_client_http_urls else None
         for address, schemes in kinds.items():
