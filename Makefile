@@ -11,9 +11,9 @@ ETCDLITE_ARTIFACTS ?= $(CURDIR)/test-artifacts
 export ETCDLITE_ARTIFACTS
 
 .PHONY: install run test test-server test-postgres test-clients test-deps-range postgres lint proto proto-check \
-	bench clean crash-test browser
+	bench clean crash-test browser e2e
 
-$(STAMP): pyproject.toml server/transport/_splice.c
+$(STAMP): pyproject.toml server/transport/_splice.c server/transport/_tlsrelay.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -115,3 +115,8 @@ bench: $(STAMP) postgres
 	$(BIN)/python bench/run.py --out bench/results.md
 	$(BIN)/python bench/run.py --etcdlite-backend postgres --skip-keys \
 		--only put,range,txn-put,lease-keepalive,watch-latency --out bench/results-postgres.md
+
+# etcd 3.4's own e2e suite (Debian's golang-etcd-server-dev) with etcdlite as `etcd`; 20-40 min, not in `make test`
+E2E_TESTS ?= .*
+e2e: $(STAMP)
+	$(BIN)/python tests/e2e/run_e2e.py -k '$(E2E_TESTS)'

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import sys
 import time
 
 from . import __version__
-from .config import Config, ConfigError, from_args
-
-API_VERSION = "3.5"
+from .config import Config, ConfigError, FlagError, HelpRequested, from_args
+from .flagtable import help_text
+from .version import SERVER_VERSION
 
 
 class ZapLikeFormatter(logging.Formatter):
@@ -41,12 +42,45 @@ class ZapConsoleFormatter(ZapLikeFormatter):
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 
 
+def _log_handler(cfg: Config, output: str) -> logging.Handler:
+    """One --log-outputs target: default/stderr, stdout, or a file (appended to, as zap opens it).
+    etcd writes "systemd/journal" to journald's socket; under systemd stderr reaches the journal too."""
+    if output in ("default", "stderr", "systemd/journal"):
+        return logging.StreamHandler(sys.stderr)
+    if output == "stdout":
+        return logging.StreamHandler(sys.stdout)
+    try:
+        if cfg.enable_log_rotation:
+            rotation = json.loads(cfg.log_rotation_config_json)
+            max_mb = int(rotation.get("maxsize") or 100)
+            backups = int(rotation.get("maxbackups") or 0)
+            # lumberjack keeps every backup when maxbackups is 0; a rotating handler needs a bound
+            return logging.handlers.RotatingFileHandler(output, maxBytes=max_mb * 1024 * 1024,
+                                                        backupCount=backups or 1000)
+        return logging.FileHandler(output)
+    except OSError as exc:
+        raise ConfigError(f"open {output}: {(exc.strerror or str(exc)).lower()}") from None
+
+
 def _setup_logging(cfg: Config) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(ZapConsoleFormatter() if cfg.log_format == "console" else ZapLikeFormatter())
+    formatter = ZapConsoleFormatter() if cfg.log_format == "console" else ZapLikeFormatter()
+    handlers = [_log_handler(cfg, output) for output in cfg.log_outputs]
+    for handler in handlers:
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(_LEVELS.get(cfg.log_level, logging.CRITICAL))  # dpanic, panic, fatal: only the worst
+
+
+def _log_start_notes(cfg: Config) -> None:
+    """What parsing the configuration had to say, now that logging is set up; and the one line that
+    names the given flags a single member does not use."""
+    lg = logging.getLogger("etcdlite")
+    for level, msg, fields in cfg.notes:
+        lg.log(logging.WARNING if level == "warn" else logging.INFO, msg, extra={"fields": fields})
+    if cfg.ignored_flags:
+        lg.warning("ignoring flags a single member does not use (peers, proxy, discovery, raft and backend "
+                   "tuning, tracing)", extra={"fields": {"ignored-flags": cfg.ignored_flags}})
 
 
 async def _serve(cfg: Config) -> None:
@@ -105,13 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:2] == ["snapshot", "restore"]:
         return snapshot_restore(args[2:])
+    if args[:1] in (["gateway"], ["grpc-proxy"]):
+        print(f"etcdlite: 'etcd {args[0]}' (etcd's proxies) is not part of etcdlite", file=sys.stderr)
+        return 2
     try:
-        cfg, want_version = from_args(argv)
+        cfg, want_version = from_args(args)
+    except HelpRequested:
+        print(help_text())
+        return 0
+    except FlagError as exc:  # what Go's flag package refuses: etcd exits 2
+        print(f"etcdlite: {exc}\n(etcdlite --help lists the flags)", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"etcdlite: {exc}", file=sys.stderr)
-        return 2
+        return 1
     if want_version:
-        print(f"etcdlite Version: {__version__}\nAPI Version: {API_VERSION}\nPython Version: {sys.version.split()[0]}")
+        print(f"etcd Version: {SERVER_VERSION}\netcdlite Version: {__version__}\n"
+              f"Python Version: {sys.version.split()[0]}\nOS/Arch: {sys.platform}/{os.uname().machine}")
         return 0
     from .deps import problem
 
@@ -119,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     if unsupported is not None:
         print(unsupported, file=sys.stderr)
         return 1
-    _setup_logging(cfg)
+    try:
+        _setup_logging(cfg)
+    except ConfigError as exc:
+        print(f"etcdlite: {exc}", file=sys.stderr)
+        return 1
+    _log_start_notes(cfg)
     from .storage.memory.files import StorageError
     from .transport.engine import new_event_loop
 

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+import json
 import os
-import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from .configfile import ConfigFileError, read_config_file
+from .flagtable import BY_NAME, FLAGS
+from .goflags import (
+    FlagError,
+    FlagValueError,
+    HelpRequested,
+    convert,
+    env_name,
+    from_environment,
+    parse_command_line,
+    parse_go_duration,
+)
 
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024  # etcd's 1.5 MiB
 DEFAULT_MAX_TXN_OPS = 128
 DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024 * 1024 * 1024  # etcd's 2 GiB
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets gRPC take this much over max-request-bytes
 DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL = 600.0  # etcd's 10 minutes, in seconds
+DEFAULT_LOG_ROTATION_CONFIG = '{"maxsize": 100, "maxage": 0, "maxbackups": 0, "localtime": false, "compress": false}'
 
 
 class ConfigError(ValueError):
@@ -30,11 +43,9 @@ class Config:
     # HTTP/1.1 beside gRPC on the client port, as etcd serves it (see README); off: gRPC only, faster
     client_http_mux: bool = True
     advertise_client_urls: list[str] = field(default_factory=lambda: ["http://localhost:2379"])
-    listen_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
     initial_advertise_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
     initial_cluster: str = ""
     initial_cluster_token: str = "etcd-cluster"
-    initial_cluster_state: str = "new"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     quota_backend_bytes: int = 0
@@ -48,7 +59,7 @@ class Config:
     key_file: str = ""
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
-    auth_token: str = "simple"  # "simple", "jwt,pub-key=...,priv-key=...,sign-method=...,ttl=..." (see auth.py)
+    auth_token: str = "simple"  # "simple", "jwt,pub-key=...,priv-key=...,sign-method=...,ttl=..." (see core/auth/tokens.py)
     auth_token_ttl: int = 300  # seconds a simple token stays valid after its last use
     bcrypt_cost: int = 10  # etcd's default; 4..31
     log_format: str = "json"
@@ -56,6 +67,30 @@ class Config:
     backend: str = ""  # "": the embedded store in --data-dir; postgres://...: a database shared by instances
     console: bool = True  # the web console at /ui on the client HTTP ports
     fault_injection: bool = False  # /debug/inject on the client HTTP side (core/faults.py)
+    # TLS on https:// client URLs beyond cert/key/CA (tlssettings.py checks them, transport/tls.py applies them)
+    auto_tls: bool = False  # a self-signed certificate under <data-dir>/fixtures/client, as etcd makes it
+    self_signed_cert_validity: int = 1  # years
+    client_crl_file: str = ""
+    client_cert_allowed_hostnames: list[str] = field(default_factory=list)
+    client_cert_allowed_cns: list[str] = field(default_factory=list)  # config file: client-transport-security
+    cipher_suites: list[str] = field(default_factory=list)  # Go's names
+    tls_min_version: str = "TLS1.2"
+    tls_max_version: str = ""
+    # gRPC
+    max_concurrent_streams: int = 2**32 - 1
+    grpc_keepalive_min_time: float = 5.0  # seconds
+    grpc_keepalive_interval: float = 2 * 3600.0
+    grpc_keepalive_timeout: float = 20.0
+    enable_grpc_gateway: bool = True
+    # logging
+    logger: str = "zap"
+    log_outputs: list[str] = field(default_factory=lambda: ["default"])
+    enable_log_rotation: bool = False
+    log_rotation_config_json: str = DEFAULT_LOG_ROTATION_CONFIG
+    # what the command line said besides the settings, for the log once logging is set up
+    config_file: str = ""
+    ignored_flags: list[str] = field(default_factory=list)  # given, and meaningless for one member
+    notes: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)  # (level, msg, fields)
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -85,6 +120,11 @@ class Config:
         """etcd's gRPC receive limit: past it, grpc-go's "received message larger than max"."""
         return self.max_request_bytes + GRPC_OVERHEAD_BYTES
 
+    @property
+    def grpc_hard_receive_bytes(self) -> int:
+        """gRPC core's own limit, well above etcd's, so etcd's message is the one clients see."""
+        return max(4 * self.grpc_max_receive_bytes, 64 * 1024 * 1024)
+
     def listen_addresses(self) -> list[tuple[str, bool]]:
         """(host:port, tls) for the gRPC server, from the client URLs."""
         out = []
@@ -93,7 +133,7 @@ class Config:
             if parts.scheme not in ("http", "https") or parts.port is None:
                 raise ConfigError(f'unexpected client URL "{url}" (expected http(s)://host:port)')
             tls = parts.scheme == "https"
-            if tls and not (self.cert_file and self.key_file):
+            if tls and not (self.cert_file and self.key_file) and not self.auto_tls:
                 raise ConfigError(f'client URL "{url}" is https but --cert-file and --key-file are not set')
             host = parts.hostname or "0.0.0.0"
             if ":" in host:
@@ -102,198 +142,87 @@ class Config:
         return out
 
 
-# flag name -> (Config attribute, kind).  Flags etcd has that only make sense for
-# a multi-member raft cluster are accepted and ignored, so etcd's scripts still run.
-_LIST = "list"
-_DURATION = "duration"  # a Go duration: "10m", "1.5s", "100ms"; kept as seconds
-_FLAGS: dict[str, tuple[str, type | str]] = {
-    "name": ("name", str),
-    "data-dir": ("data_dir", str),
-    "listen-client-urls": ("listen_client_urls", _LIST),
-    "listen-client-http-urls": ("listen_client_http_urls", _LIST),
-    "listen-metrics-urls": ("listen_metrics_urls", _LIST),
-    "client-http-mux": ("client_http_mux", bool),
-    "advertise-client-urls": ("advertise_client_urls", _LIST),
-    "listen-peer-urls": ("listen_peer_urls", _LIST),
-    "initial-advertise-peer-urls": ("initial_advertise_peer_urls", _LIST),
-    "initial-cluster": ("initial_cluster", str),
-    "initial-cluster-token": ("initial_cluster_token", str),
-    "initial-cluster-state": ("initial_cluster_state", str),
-    "max-request-bytes": ("max_request_bytes", int),
-    "max-txn-ops": ("max_txn_ops", int),
-    "quota-backend-bytes": ("quota_backend_bytes", int),
-    "unsafe-no-fsync": ("unsafe_no_fsync", bool),
-    "snapshot-count": ("snapshot_count", int),
-    "backend-batch-limit": ("backend_batch_limit", int),
-    "auto-compaction-mode": ("auto_compaction_mode", str),
-    "auto-compaction-retention": ("auto_compaction_retention", str),
-    "log-level": ("log_level", str),
-    "cert-file": ("cert_file", str),
-    "key-file": ("key_file", str),
-    "trusted-ca-file": ("trusted_ca_file", str),
-    "client-cert-auth": ("client_cert_auth", bool),
-    "auth-token": ("auth_token", str),
-    "auth-token-ttl": ("auth_token_ttl", int),
-    "bcrypt-cost": ("bcrypt_cost", int),
-    "logger": ("", str),
-    "log-outputs": ("", str),
-    "log-format": ("log_format", str),
-    "experimental-watch-progress-notify-interval": ("watch_progress_notify_interval", _DURATION),
-    "backend": ("backend", str),
-    "console": ("console", bool),
-    "experimental-fault-injection": ("fault_injection", bool),
-}
-_IGNORED_FLAGS = [
-    "wal-dir", "heartbeat-interval", "election-timeout",
-    "enable-pprof", "metrics", "max-snapshots", "max-wals", "discovery", "discovery-srv",
-    "strict-reconfig-check", "enable-v2", "grpc-keepalive-min-time", "grpc-keepalive-interval",
-    "grpc-keepalive-timeout", "initial-election-tick-advance", "pre-vote",
-    "experimental-initial-corrupt-check",
-    "socket-reuse-port", "socket-reuse-address", "force-new-cluster", "cors", "host-whitelist",
-    "experimental-enable-lease-checkpoint", "backend-batch-interval",
-]
 
 
-def _parse_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "t", "true", "yes", "on", ""):
-        return True
-    if low in ("0", "f", "false", "no", "off"):
-        return False
-    raise ConfigError(f"invalid boolean value {text!r}")
-
-
-_GO_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
-                      "m": 60.0, "h": 3600.0}
-_GO_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
-
-
-def parse_go_duration(text: str) -> float:
-    """Go's time.ParseDuration, in seconds; raises ValueError."""
-    body = text[1:] if text[:1] in "+-" else text
-    if body == "0":
-        return 0.0
-    if not body:
-        raise ValueError(text)
-    total, pos = 0.0, 0
-    while pos < len(body):
-        m = _GO_DURATION_PART.match(body, pos)
-        if m is None:
-            raise ValueError(text)
-        total += float(m.group(1)) * _GO_DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    return -total if text.startswith("-") else total
-
-
-def _convert(flag: str, kind: type | str, raw: str) -> object:
-    if kind == _LIST:
-        return [u.strip() for u in raw.split(",") if u.strip()]
-    if kind is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f'invalid value "{raw}" for flag -{flag}: parse error') from None
-    if kind is bool:
-        return _parse_bool(raw)
-    if kind == _DURATION:
-        try:
-            return parse_go_duration(raw.strip())
-        except ValueError:
-            raise ConfigError(f'invalid value "{raw}" for flag -{flag}: parse error') from None
-    return raw
-
-
-# --help's text for every flag (tests/test_cli.py checks that none is missing)
-FLAG_HELP: dict[str, str] = {
-    "name": "human-readable name for this member; with the peer URLs it determines the member ID",
-    "data-dir": "path to the data directory (default: <name>.etcd)",
-    "listen-client-urls": "comma-separated http(s)://host:port URLs to serve clients (gRPC) on",
-    "listen-client-http-urls": "comma-separated URLs to serve HTTP only on: the /v3 JSON gateway, /health, "
-                               "/livez, /readyz, /version, /metrics (with it, the client URLs serve gRPC only)",
-    "listen-metrics-urls": "comma-separated URLs to serve /metrics and the health endpoints on",
-    "client-http-mux": "serve HTTP/1.1 (gateway, /health, /metrics) beside gRPC on the plain-http client "
-                       "URLs, as etcd does; =false serves gRPC only there, which is faster (default true)",
-    "advertise-client-urls": "client URLs this member advertises (in MemberList)",
-    "listen-peer-urls": "peer URLs; accepted for etcd compatibility (there is no raft peer traffic)",
-    "initial-advertise-peer-urls": "peer URLs this member advertises; used to compute the member ID",
-    "initial-cluster": "initial cluster configuration (name=peer-url,...); used to compute the member ID",
-    "initial-cluster-token": "initial cluster token; used to compute the member and cluster IDs",
-    "initial-cluster-state": "initial cluster state ('new' or 'existing'); accepted for compatibility",
-    "max-request-bytes": "maximum client request size in bytes the server will accept (default 1572864)",
-    "max-txn-ops": "maximum number of operations permitted in a transaction (default 128)",
-    "quota-backend-bytes": "raise a NOSPACE alarm when the data dir exceeds this many bytes "
-                           "(0: the 2 GiB default, negative: no quota)",
-    "unsafe-no-fsync": "do not fsync the log: faster, and acknowledged writes can be lost in a crash",
-    "snapshot-count": "log entries between two snapshots of the data dir (default 100000)",
-    "backend-batch-limit": "most writes per write+fsync of the log; 0 takes all that wait (group commit)",
-    "auto-compaction-mode": "'periodic' or 'revision': how --auto-compaction-retention is read",
-    "auto-compaction-retention": "auto compaction retention: a duration ('1h', or hours as a number) for "
-                                 "periodic mode, a revision count for revision mode; 0 turns it off",
-    "log-level": "log level: debug, info, warn, error, panic or fatal (default info)",
-    "log-format": "log format: 'json' (etcd's zap fields, one object a line) or 'console'",
-    "logger": "accepted for etcd compatibility (etcdlite always logs like etcd's zap logger)",
-    "log-outputs": "accepted for etcd compatibility (etcdlite logs to stderr)",
-    "cert-file": "path to the client server TLS certificate file",
-    "key-file": "path to the client server TLS key file",
-    "trusted-ca-file": "path to the CA file that signs client certificates (with --client-cert-auth)",
-    "client-cert-auth": "require client certificates signed by --trusted-ca-file",
-    "auth-token": "auth token type: 'simple' or 'jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...'",
-    "auth-token-ttl": "seconds a simple token stays valid after its last use (default 300)",
-    "bcrypt-cost": "bcrypt cost for hashing user passwords, 4..31 (default 10)",
-    "experimental-watch-progress-notify-interval": "period of progress notifications to watchers that "
-                                                   "asked for them, as a Go duration (default 10m)",
-    "backend": "where the key space lives: empty for the embedded store in --data-dir (default), or "
-               "postgres://user[:password]@host[:port]/db for a PostgreSQL database several etcdlite "
-               "instances share (also ETCDLITE_BACKEND)",
-    "console": "serve the web console at /ui on every client port that serves HTTP (default true)",
-    "experimental-fault-injection": "serve /debug/inject on the client HTTP side: make requests fail with "
-                                    "etcd's errors, add latency, pause, cut watches, expire leases (tests only)",
-}
-IGNORED_HELP = "etcd flag for raft, peers, discovery or tuning: accepted and ignored"
 LOG_LEVELS = ("debug", "info", "warn", "error", "dpanic", "panic", "fatal")  # zap's
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="etcdlite", usage="%(prog)s [--flag VALUE ...] | %(prog)s snapshot restore FILE --data-dir DIR",
-        description="An etcd v3 server in Python. Takes etcd's flags; each flag can also be set "
-        "as ETCD_<FLAG> in the environment (e.g. ETCD_DATA_DIR). "
-        "`etcdlite snapshot restore FILE --data-dir DIR` makes a data dir from an `etcdctl snapshot save` file.",
-    )
-    p.add_argument("--version", action="store_true", help="print the version and exit")
-    for flag, (_, kind) in _FLAGS.items():
-        text = FLAG_HELP.get(flag, "")
-        if kind is bool:
-            p.add_argument(f"--{flag}", nargs="?", const="true", default=None, metavar="BOOL", help=text)
-        else:
-            metavar = {_LIST: "URLS", _DURATION: "DURATION", int: "N"}.get(kind, "VALUE")  # type: ignore[call-overload]
-            p.add_argument(f"--{flag}", default=None, metavar=metavar, help=text)
-    ignored = p.add_argument_group("accepted for compatibility with etcd, and ignored")
-    for flag in _IGNORED_FLAGS:
-        ignored.add_argument(f"--{flag}", nargs="?", const="true", default=None, metavar="VALUE",
-                             help=FLAG_HELP.get(flag, IGNORED_HELP))
-    return p
+# etcd 3.6 renamed these; giving both names is an error there
+_RENAMED = {"experimental-watch-progress-notify-interval": "watch-progress-notify-interval"}
 
 
 def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> tuple[Config, bool]:
-    """Build the config: flags win over ``ETCD_*`` variables, which win over defaults.
+    """Build the config as etcd does: the command line (Go's flag syntax), then ``ETCD_*`` variables for
+    flags the command line did not set; or, with ``--config-file``, that file alone.
 
-    Returns (config, version_requested).
+    Returns (config, version_requested).  Raises FlagError (a command line Go refuses, exit 2),
+    HelpRequested, or ConfigError.
     """
     environ = dict(os.environ if environ is None else environ)
-    args = parser().parse_args(argv)
-    values: dict[str, object] = {}
-    for flag, (attr, kind) in _FLAGS.items():
-        if not attr:
-            continue
-        raw = getattr(args, flag.replace("-", "_"))
-        if raw is None:
-            raw = environ.get("ETCD_" + flag.upper().replace("-", "_"))
-        if raw is None and flag == "backend":
-            raw = environ.get("ETCDLITE_BACKEND")
-        if raw is not None:
-            values[attr] = _convert(flag, kind, raw)
-    cfg = Config(**values)  # type: ignore[arg-type]
+    line = parse_command_line([] if argv is None else argv)
+    if line.version:
+        return Config(), True
+    if line.extra:
+        raise ConfigError(f"'{line.extra[0]}' is not a valid flag")
+    config_file = line.config_file or environ.get("ETCD_CONFIG_FILE", "")
+    if config_file:
+        values, ignored, notes = _from_file(config_file)
+    else:
+        values, ignored, notes = _from_command_line(line.values, environ)
+    _check_renamed(values)
+    fields = {BY_NAME[name].attr: value for name, value in values.items() if name in BY_NAME and BY_NAME[name].attr}
+    if "client-transport-security.allowed-cn" in values:  # the config file's; no flag sets it
+        fields["client_cert_allowed_cns"] = values["client-transport-security.allowed-cn"]
+    cfg = Config(**fields)  # type: ignore[arg-type]
+    cfg.config_file = config_file
+    cfg.ignored_flags = ignored
+    cfg.notes = notes
+    validate(cfg)
+    return cfg, False
+
+
+def _from_command_line(given: dict[str, str], environ: dict[str, str]
+                       ) -> tuple[dict[str, object], list[str], list[tuple[str, str, dict[str, object]]]]:
+    env = from_environment(environ, given)
+    notes: list[tuple[str, str, dict[str, object]]] = []
+    for name, text in env.used.items():
+        notes.append(("info", "recognized and used environment variable",
+                      {"variable-name": env_name(name), "variable-value": text}))
+    for key in env.shadowed:  # etcd exits here; the flag winning is what a user means (and docker's ENV needs)
+        notes.append(("warn", "conflicting environment variable is shadowed by corresponding command-line flag "
+                      "(either unset environment variable or disable flag)", {"environment-variable": key}))
+    for key in env.unknown:
+        notes.append(("warn", "unrecognized environment variable", {"environment-variable": f"{key}={environ[key]}"}))
+    texts = {**env.used, **given}
+    if "backend" not in texts and environ.get("ETCDLITE_BACKEND"):  # etcdlite's own name for it
+        texts["backend"] = environ["ETCDLITE_BACKEND"]
+    values = {name: convert(BY_NAME[name], text) for name, text in texts.items()}
+    ignored = sorted(name for name in texts if not BY_NAME[name].attr)
+    return values, ignored, notes
+
+
+def _from_file(path: str) -> tuple[dict[str, object], list[str], list[tuple[str, str, dict[str, object]]]]:
+    try:
+        fc = read_config_file(path)
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
+    values = dict(fc.values)
+    if fc.allowed_cns:
+        values["client-transport-security.allowed-cn"] = fc.allowed_cns
+    notes: list[tuple[str, str, dict[str, object]]] = [
+        ("info", "loaded server configuration, other configuration command line flags and environment variables "
+         "will be ignored if provided", {"path": path})]
+    if fc.unknown:
+        notes.append(("warn", "unknown keys in the configuration file were ignored", {"keys": fc.unknown}))
+    return values, sorted(fc.ignored), notes
+
+
+def _check_renamed(values: dict[str, object]) -> None:
+    for old, new in _RENAMED.items():
+        if old in values and new in values:
+            raise ConfigError(f"cannot set --{old} and --{new} at the same time, please use --{new} only")
+
+
+def validate(cfg: Config) -> None:
+    """etcd's checks that a single member is concerned by, with etcd's messages."""
     if cfg.max_request_bytes <= 0:
         raise ConfigError("--max-request-bytes must be positive")
     if cfg.max_txn_ops <= 0:
@@ -305,4 +234,33 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
         raise ConfigError(f'invalid value "{cfg.backend}" for flag -backend: expected postgres://user@host:port/db')
     if cfg.log_format not in ("json", "console"):
         raise ConfigError(f'invalid value "{cfg.log_format}" for flag -log-format: expected "json" or "console"')
-    return cfg, bool(args.version)
+    _validate_logging(cfg)
+    from .tlssettings import validate_tls_settings  # imports config: imported when first used
+
+    validate_tls_settings(cfg)
+
+
+def _validate_logging(cfg: Config) -> None:
+    if cfg.logger == "capnslog":
+        raise ConfigError("--logger=capnslog is removed in v3.5")
+    if cfg.logger != "zap":
+        raise ConfigError(f'unknown logger option "{cfg.logger}"')
+    if not cfg.log_outputs:
+        cfg.log_outputs = ["default"]
+    if len(cfg.log_outputs) > 1 and "default" in cfg.log_outputs:
+        raise ConfigError('multi logoutput for "default" is not supported yet')
+    if not cfg.enable_log_rotation:
+        return
+    files = [o for o in cfg.log_outputs if o not in ("default", "stderr", "stdout")]  # as etcd counts them
+    if len(files) != 1:
+        raise ConfigError("--log-outputs requires a single file path when --log-rotate-config-json is defined")
+    try:
+        rotation = json.loads(cfg.log_rotation_config_json)
+    except ValueError as exc:
+        raise ConfigError(f"improperly formatted log rotation config: {exc}") from None
+    if not isinstance(rotation, dict):
+        raise ConfigError("invalid log rotation config: expected a JSON object")
+
+
+__all__ = ["Config", "ConfigError", "FlagError", "FlagValueError", "HelpRequested", "from_args", "parse_go_duration",
+           "FLAGS", "LOG_LEVELS"]

@@ -110,7 +110,7 @@ def test_entrypoint_with_image_env_serves_and_healthcheck_passes(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--max-txn-ops", "x"], "invalid value"),
-    (["--no-such-flag"], "unrecognized arguments"),
+    (["--no-such-flag"], "flag provided but not defined: -no-such-flag"),  # Go's flag package, as etcd
 ])
 def test_bad_flag_is_one_clear_line_and_nonzero(argv, message):
     r = subprocess.run([sys.executable, "-m", "etcdlite", *argv], capture_output=True, text=True, timeout=20)

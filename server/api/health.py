@@ -102,4 +102,4 @@ class HealthChecks:
         backend = core.backend
         return NodeFigures(member_id=core.member_id, revision=backend.visible_revision,
                            compact_revision=backend.compact_revision, keys=backend.key_count(),
-                           applied_index=backend.durable_index, db_size=core.db_size(), quota_bytes=core.quota_bytes)
+                           applied_index=core.raft_index, db_size=core.db_size(), quota_bytes=core.quota_bytes)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING
 
 from crc32c import crc32c
 
-from .. import __version__, errors
+from .. import errors
 from ..pb.etcdserverpb import rpc_pb2 as pb
-from ..version import CLUSTER_VERSION
-from ..version import SERVER_VERSION as ETCD_VERSION
+from ..version import CLUSTER_VERSION, SERVER_VERSION
 from .alarm import describe
+from .downgrade import UNKNOWN_METHOD, Downgrade
 from .server import Core, Who
 
 if TYPE_CHECKING:
@@ -20,18 +19,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("etcdlite.maintenance")
 
-# Status.version: the etcd release whose API etcdlite serves, tagged as etcdlite's (semver build metadata)
-SERVER_VERSION = f"{ETCD_VERSION}+etcdlite.{__version__}"
-
 
 class Maintenance:
     def __init__(self, core: Core) -> None:
         self._core = core
+        self._downgrade = Downgrade(CLUSTER_VERSION)
 
     async def status(self, request: pb.StatusRequest, who: Who) -> pb.StatusResponse:
         core = self._core
         backend = core.backend
-        index = backend.durable_index
+        index = core.raft_index
         size = backend.size()
         in_use = backend.size_in_use()
         resp = pb.StatusResponse(
@@ -117,23 +114,17 @@ class Maintenance:
 
     async def downgrade(self, request: pb.DowngradeRequest, who: Who) -> pb.DowngradeResponse:
         self._core.auth.check_admin(who)
-        if request.action != pb.DowngradeRequest.VALIDATE:
-            # what a one-member etcd 3.5 answers to ENABLE and CANCEL (it never completes them)
-            raise errors.TIMEOUT
-        check_downgrade_target(request.version)
+        job = self._downgrade
+        if request.action == pb.DowngradeRequest.VALIDATE:
+            job.validate(request.version)
+        elif request.action == pb.DowngradeRequest.ENABLE:
+            job.enable(request.version)
+            log.info("downgrade enabled", extra={"fields": {"target-version": request.version}})
+        elif request.action == pb.DowngradeRequest.CANCEL:
+            job.cancel()
+            log.info("downgrade cancelled")
+        else:
+            raise UNKNOWN_METHOD
         resp = pb.DowngradeResponse(version=CLUSTER_VERSION)
         self._core.fill_header(resp.header)
         return resp
-
-
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
-
-
-def check_downgrade_target(version: str) -> None:
-    """etcd's downgrade validation: a semver one minor release below the cluster's."""
-    m = _SEMVER.match(version)
-    if m is None:
-        raise errors.EtcdError(errors.Code.INVALID_ARGUMENT, "etcdserver: wrong downgrade target version format")
-    major, minor = (int(x) for x in CLUSTER_VERSION.split(".")[:2])
-    if (int(m.group(1)), int(m.group(2))) != (major, minor - 1):
-        raise errors.EtcdError(errors.Code.INVALID_ARGUMENT, "etcdserver: invalid downgrade target version")

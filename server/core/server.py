@@ -24,6 +24,7 @@ from ..config import DEFAULT_QUOTA_BACKEND_BYTES, Config, ConfigError
 from ..pb.etcdserverpb import rpc_pb2 as pb
 from ..storage.backend import Backend, KeyValue, Recovered, SharedState, WriteTxn
 from ..storage.datadir import secure_data_dir
+from ..storage.raftstate import FIRST_TERM, RaftTermFile, RaftTermStore
 from . import alarm, kv, membership
 from .alarm import ALARMS_FILE, CORRUPT, NOSPACE, AlarmStore
 from .auth import store as auth_store
@@ -44,9 +45,6 @@ log = logging.getLogger("etcdlite")
 RACING_REVOKE_SECONDS = 0.05
 REVOKE_ANSWER_HEAD_START = 0.001
 
-# A fresh single-member etcd reports raft term 2 (its first election).
-RAFT_TERM = 2
-
 R = TypeVar("R")
 Who = Credentials | None  # None: an in-process caller, with no credentials
 
@@ -54,12 +52,17 @@ Who = Credentials | None  # None: an in-process caller, with no credentials
 class Core:
     """One member: the backend, the lessor, the watch hub, auth, alarms, membership, compaction."""
 
-    def __init__(self, config: Config, backend: Backend) -> None:
+    def __init__(self, config: Config, backend: Backend, raft_terms: RaftTermStore | None = None) -> None:
         self.config = config
         secure_data_dir(Path(config.data_dir))  # before anything in it (auth.json, members.json) is read
+        member_dir = Path(config.data_dir) / "member"
         self.member_id = config.member_id
         self.cluster_id = config.cluster_id
-        self.raft_term = RAFT_TERM
+        # etcd's raft term and the raft entries that are not backend steps, counted by open()
+        # (storage/raftstate.py); a fresh one-member etcd reports term 2 (its first election)
+        self._raft_terms = raft_terms or RaftTermFile(member_dir, fsync=not config.unsafe_no_fsync)
+        self.raft_term = FIRST_TERM
+        self._raft_base_index = 0
         self.backend = backend
         self.lessor = Lessor(self.member_id)
         self.lessor.on_expired = self._revoke_expired
@@ -69,7 +72,6 @@ class Core:
             backend.set_lease_revoker(self._revoke_expired)
         backend.add_reset_listener(self._backend_reset)
         self.kv = KVApplier(backend, self.lessor)
-        member_dir = Path(config.data_dir) / "member"
         local = Member(self.member_id, config.name, config.peer_urls, config.advertise_client_urls)
         self.membership = Membership(local, config.initial_cluster_token, member_dir / "members.json",
                                      fsync=not config.unsafe_no_fsync)
@@ -95,6 +97,8 @@ class Core:
         shared = self.backend.shared_state
         if shared is not None:
             self._use_shared(shared)
+        raft = self._raft_terms.begin_term()  # after the backend locked the data dir
+        self.raft_term, self._raft_base_index = raft.term, raft.base_index
         self.alarms.load()
         self.restore_leases()
         self._recovered = rec
@@ -181,6 +185,12 @@ class Core:
         self.fill_header(header)
         return header
 
+
+    @property
+    def raft_index(self) -> int:
+        """etcd's raftIndex (= raftAppliedIndex: one member applies what it commits, and only durable
+        steps are counted): the start-ups' entries plus the backend's durable steps."""
+        return self._raft_base_index + self.backend.durable_index
 
     @property
     def quota_bytes(self) -> int:

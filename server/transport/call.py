@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 from grpc._cython import cygrpc  # private: the grpcio releases it is tested on are in deps.py
 
+from .peers import PEERS
+
 if TYPE_CHECKING:
     from .engine import GrpcEngine
 
@@ -83,8 +85,13 @@ class ServerCall(grpc.aio.ServicerContext):
         return key.decode() if isinstance(key, bytes) else key
 
     def auth_context(self) -> Mapping[str, Any]:
-        return {key.decode() if isinstance(key, bytes) else key: value
-                for key, value in cygrpc.auth_context(self._call).items()}
+        props = {key.decode() if isinstance(key, bytes) else key: value
+                 for key, value in cygrpc.auth_context(self._call).items()}
+        if "x509_pem_cert" not in props:  # a connection whose TLS the TLS front terminated (peers.py)
+            relayed = PEERS.auth_context(self.peer())
+            if relayed is not None:
+                return relayed
+        return props
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self._code = code

@@ -16,8 +16,7 @@ import json
 import logging
 import os
 import posixpath
-import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from ..api.health import HealthChecks, NodeFigures
@@ -54,7 +53,7 @@ class EtcdHttp:
 
     def __init__(self, checks: HealthChecks, metrics: ServerMetrics, figures: Callable[[], NodeFigures],
                  gateway: Gateway | None, cors: bool, console: Console | None = None,
-                 inject: InjectApi | None = None) -> None:
+                 inject: InjectApi | None = None, version: bool = True) -> None:
         self._checks = checks
         self._console = console  # the web console at /ui (client side, unless --console=false)
         self._inject = inject  # /debug/inject (client side, with --experimental-fault-injection)
@@ -67,7 +66,7 @@ class EtcdHttp:
         }
         for kind in ("livez", "readyz"):
             self._install_registry(kind)
-        if gateway is not None:
+        if version:
             self._routes["/version"] = self._version
 
     def _install_registry(self, kind: str) -> None:
@@ -186,19 +185,7 @@ def _host_port(url: str, flag: str) -> tuple[str, int, bool]:
     return parts.hostname or "0.0.0.0", parts.port, parts.scheme == "https"
 
 
-def server_ssl_context(cfg: Config) -> ssl.SSLContext:
-    if not (cfg.cert_file and cfg.key_file):
-        raise ConfigError("an https listener needs --cert-file and --key-file")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-        if cfg.trusted_ca_file:
-            ctx.load_verify_locations(cfg.trusted_ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the TLS files: {exc}") from None
-    if cfg.client_cert_auth:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+TlsListen = Callable[[HttpServer, str, int], Awaitable[int]]
 
 
 class HttpListeners:
@@ -206,24 +193,25 @@ class HttpListeners:
     metrics handler, on their listeners; ``client`` also serves connections the client-port
     multiplexer hands over.  ``start()``, ``close()``, ``wait_closed()``."""
 
-    def __init__(self, checks: HealthChecks, metrics: ServerMetrics, gateway: Gateway, console: bool = True,
+    def __init__(self, checks: HealthChecks, metrics: ServerMetrics, gateway: Gateway | None, console: bool = True,
                  inject: InjectApi | None = None) -> None:
         self._checks = checks
         client = EtcdHttp(checks, metrics, checks.figures, gateway, cors=True, console=Console() if console else None,
                           inject=inject)
         self.client = HttpServer(client.handle, "client-http")
-        self.metrics = HttpServer(EtcdHttp(checks, metrics, checks.figures, None, cors=False).handle,
+        self.metrics = HttpServer(EtcdHttp(checks, metrics, checks.figures, None, cors=False, version=False).handle,
                                   "metrics-http")
         self.addresses: list[tuple[str, int]] = []  # (flag, port) of every listener, in order
 
-    async def start(self, cfg: Config) -> None:
+    async def start(self, cfg: Config, tls_listen: TlsListen) -> None:
+        """Listen on --listen-client-http-urls and --listen-metrics-urls; https ones through
+        ``tls_listen`` (the TLS front, which applies every TLS setting as on the client URLs)."""
         for flag, urls, server in (("listen-client-http-urls", cfg.listen_client_http_urls, self.client),
                                    ("listen-metrics-urls", cfg.listen_metrics_urls, self.metrics)):
             for url in urls:
                 host, port, tls = _host_port(url, flag)
-                context = server_ssl_context(cfg) if tls else None
                 try:
-                    bound = await server.listen(host, port, ssl_context=context)
+                    bound = await (tls_listen(server, host, port) if tls else server.listen(host, port))
                 except OSError as exc:
                     raise ConfigError(f"listen tcp {host}:{port}: bind: {os_error_text(exc)}") from None
                 self.addresses.append((flag, bound))

@@ -82,16 +82,43 @@ class RefusalLog:
             self._timer = None
 
 
+class ConnectionBudget:
+    """The descriptors client connections hold in this process, summed over the listeners that take
+    them (the mux here, the TLS front of the https URLs), against ``connection_limit()``; and the log
+    of the connections refused for want of them.  Each holder reports its own count."""
+
+    def __init__(self) -> None:
+        self.limit = connection_limit()
+        self.refusals = RefusalLog()
+        self._holders: list[Callable[[], int]] = []
+
+    def add_holder(self, descriptors: Callable[[], int]) -> None:
+        self._holders.append(descriptors)
+
+    @property
+    def used(self) -> int:
+        return sum(holder() for holder in self._holders)
+
+    def full(self) -> bool:
+        return self.used >= self.limit
+
+    def full_reason(self) -> str:
+        return (f"{self.limit} client connections open, the limit (RLIMIT_NOFILE less {RESERVED_DESCRIPTORS} "
+                f"kept for the server)")
+
+
 class ClientPortMux:
     """The listener(s) of the client port: ``start()``, ``listen()``, ``close()`` / ``wait_closed()``
     end them, ``abort_connections()`` every connection gone to gRPC (HTTP connections belong to
-    ``http``)."""
+    ``http``).  ``adopt()`` takes a connection accepted elsewhere (by the TLS front)."""
 
-    def __init__(self, grpc_name: str, http: HttpServer) -> None:
+    def __init__(self, grpc_name: str, http: HttpServer, budget: ConnectionBudget | None = None) -> None:
         self.http = http
-        self.refusals = RefusalLog()
+        self.budget = budget or ConnectionBudget()
+        self.refusals = self.budget.refusals
         self.relay = GrpcRelay(grpc_name, self.refusals.note)
-        self.limit = connection_limit()
+        self.budget.add_holder(lambda: self.connections)
+        self._closing = False
         self._listeners: list[socket.socket] = []
         self._undecided: dict[int, tuple[socket.socket, bytes]] = {}  # by fd: first bytes not yet telling
         # a client that never tells what it is would hold its descriptor forever (etcd's cmux does)
@@ -153,12 +180,20 @@ class ClientPortMux:
                     self._pause(listener)
                     return
                 continue  # ECONNABORTED and the like: that client is gone already
-            if self.connections >= self.limit:
+            if self.budget.full():
                 conn.close()
-                self.refusals.note(f"{self.limit} client connections open, the limit (RLIMIT_NOFILE"
-                                   f" less {RESERVED_DESCRIPTORS} kept for the server)")
+                self.refusals.note(self.budget.full_reason())
                 continue
             self._take(conn)
+
+    def adopt(self, conn: socket.socket) -> None:
+        """Serve a connection accepted elsewhere, like one accepted here: a plain one on a port that
+        also serves https (the TLS front accepts those, counted in the budget, and hands over the
+        ones that start no TLS handshake)."""
+        if self._closing:
+            conn.close()
+            return
+        self._take(conn)
 
     def _refuse_one(self, listener: socket.socket, err: int) -> None:
         """Accept a connection on the spare descriptor and close it: the client hears at once."""
@@ -256,6 +291,7 @@ class ClientPortMux:
     # -- stopping ---------------------------------------------------------------------------
     def close(self) -> None:
         """Stop listening; connections not yet told apart are closed."""
+        self._closing = True
         for sock in self._listeners:
             if self._loop is not None and sock.fileno() >= 0:
                 self._loop.remove_reader(sock.fileno())

@@ -275,10 +275,14 @@ _END = object()
 class Gateway:
     """Answers ``/v3/...`` requests by calling the registered gRPC handlers."""
 
-    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler], max_message_bytes: int) -> None:
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler], max_message_bytes: int,
+                 max_streams: int = 2**31 - 1) -> None:
         self._handlers = handlers
         self._routes = build_routes()
         self._max_message = max_message_bytes
+        # etcd's gateway is one gRPC client connection, so --max-concurrent-streams bounds the calls of all
+        # HTTP clients together: one more waits until a call (a watch, say) ends
+        self._streams = asyncio.Semaphore(max_streams)
         # JSON of the largest message the gRPC server takes, with room for base64 and field names
         self._max_body = 4 * max_message_bytes + (64 << 10)
 
@@ -310,7 +314,8 @@ class Gateway:
         if route.server_streaming:
             return await self._stream(handler.unary_stream(request_or_refusal, context), context)
         try:
-            reply = await handler.unary_unary(request_or_refusal, context)
+            async with self._streams:
+                reply = await handler.unary_unary(request_or_refusal, context)
         except GatewayAbort as exc:
             return error_response(exc.code, exc.details)
         if isinstance(reply, EncodedResponse):  # a large range, built as its wire encoding
@@ -366,7 +371,7 @@ class Gateway:
     async def _stream(self, call: Any, context: GatewayContext) -> Response | StreamResponse:
         out = context.out
         assert out is not None
-        task = asyncio.get_running_loop().create_task(self._run(call, out), name="gateway-stream")
+        task = asyncio.get_running_loop().create_task(self._run(call, out, self._streams), name="gateway-stream")
         try:
             first = await out.get()
         except BaseException:
@@ -378,12 +383,16 @@ class Gateway:
         return StreamResponse(status, self._chunks(first, out, task), headers)
 
     @staticmethod
-    async def _run(call: Any, out: asyncio.Queue[Any]) -> None:
+    async def _run(call: Any, out: asyncio.Queue[Any], slot: asyncio.Semaphore) -> None:
         try:
-            await call
+            async with slot:  # held while the call runs (see --max-concurrent-streams above)
+                await call
         except GatewayAbort as exc:
             await out.put(exc)
             return
+        except asyncio.CancelledError:
+            call.close()  # cancelled while waiting for a slot: the call never started
+            raise
         except Exception as exc:  # noqa: BLE001 - the guard turns errors into statuses; this is a bug
             log.exception("gateway: a streaming call failed outside its guard")
             await out.put(GatewayAbort(grpc.StatusCode.UNKNOWN, f"etcdlite: internal error: {exc}"))

@@ -100,7 +100,7 @@ class MemoryBackend:
         return self.store.all_live()
 
     def key_count(self) -> int:
-        return self.store.key_count()
+        return self.store.live_key_count()
 
     def leases(self) -> dict[int, int]:
         return self.store.leases()

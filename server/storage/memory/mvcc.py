@@ -69,6 +69,7 @@ class MVCCStore:
         self.lease_attacher: LeaseAttacher | None = None  # told when a key's lease changes
         self._granted: dict[int, int] = {}  # the granted leases: id -> TTL
         self._bulk_keys: list[bytes] | None = None  # during a bulk load: new keys, not yet in _keys
+        self._live_keys = 0  # keys whose newest version is not a tombstone (etcd's keys gauge)
         self._journal: Journal = MemoryJournal()
         self._pending: list[tuple[int, int]] = []  # (journal seq, revision) not yet durable
         self._durable_seq = 0
@@ -247,8 +248,10 @@ class MVCCStore:
             yield revisions[i], changes[i]
             i += 1
 
-    def key_count(self) -> int:
-        return len(self._keys)
+    def live_key_count(self) -> int:
+        """Keys that exist now (etcd_debugging_mvcc_keys_total: a put of a new key adds one, a delete
+        takes one away); compaction changes no key's newest version, so not this count."""
+        return self._live_keys
 
     # -- writes ---------------------------------------------------------------------------
     def write_txn(self) -> WriteTxn:
@@ -256,6 +259,8 @@ class MVCCStore:
 
     def _apply(self, kv: KeyValue) -> None:
         versions = self._history.get(kv.key)
+        was_live = versions is not None and versions[-1].version != 0
+        self._live_keys += (kv.version != 0) - was_live
         if versions is None:
             self._history[kv.key] = [kv]
             if self._bulk_keys is None:

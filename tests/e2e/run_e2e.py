@@ -1,0 +1,127 @@
+"""etcd 3.4's own end-to-end tests (Debian's golang-etcd-server-dev) with etcdlite as the ``etcd`` binary.
+
+``make e2e`` (or ``python tests/e2e/run_e2e.py [-k REGEX] [--out FILE]``) builds the suite and etcdctl 3.4
+from Debian's Go sources in GOPATH mode (installing golang-go and golang-etcd-server-dev where missing),
+puts an ``etcd`` that execs etcdlite beside that etcdctl, and runs every test in a process of its own (the
+suite's tests leak processes and ``ETCDCTL_API`` when they fail, which would fail every later test). The
+results go to a markdown table: each test, pass/fail, seconds and the first line of its failure.
+
+Not part of ``make test``: the whole run takes 20-40 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+GOPATH = Path("/usr/share/gocode")
+SOURCE = GOPATH / "src" / "go.etcd.io" / "etcd"
+FIXTURES = SOURCE / "integration" / "fixtures"
+WORK = Path(os.environ.get("ETCDLITE_E2E_DIR", Path.home() / ".cache" / "etcdlite-e2e"))
+ETCDLITE = Path(sys.executable).parent / "etcdlite"
+PER_TEST_TIMEOUT = 240  # seconds; the suite's own waits are shorter
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ, GO111MODULE="off", GOPATH=str(GOPATH), GOFLAGS="")
+    env.setdefault("GOCACHE", str(WORK / "go-cache"))
+    return env
+
+
+def ensure_sources() -> None:
+    if shutil.which("go") and (SOURCE / "tests" / "e2e").is_dir():
+        return
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "golang-go", "golang-etcd-server-dev"], check=True,
+                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
+def build(etcd: Path) -> tuple[Path, Path]:
+    """The e2e test binary and a bin dir with etcdctl 3.4 and an ``etcd`` that runs ``etcd``."""
+    ensure_sources()
+    bin_dir = WORK / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    suite = WORK / "e2e.test"
+    if not suite.exists():
+        subprocess.run(["go", "test", "-c", "go.etcd.io/etcd/tests/e2e", "-o", str(suite)], check=True, env=_go_env(),
+                       cwd=WORK)
+    if not (bin_dir / "etcdctl").exists():
+        subprocess.run(["go", "build", "-o", str(bin_dir / "etcdctl"), "go.etcd.io/etcd/etcdctl"], check=True,
+                       env=_go_env(), cwd=WORK)
+    # tests name their certificates "../../integration/fixtures/...", relative to the suite's own folder
+    (WORK / "tests" / "e2e").mkdir(parents=True, exist_ok=True)
+    if not (WORK / "integration").exists():
+        (WORK / "integration").mkdir()
+        (WORK / "integration" / "fixtures").symlink_to(FIXTURES)
+    shutil.copy(Path(__file__).with_name("etcd.conf.yml.sample"), WORK / "etcd.conf.yml.sample")  # "../../…" too
+    wrapper = bin_dir / "etcd"
+    wrapper.write_text(f"#!/bin/sh\nexec {etcd} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return suite, bin_dir
+
+
+def list_tests(suite: Path, pattern: str) -> list[str]:
+    out = subprocess.run([str(suite), "-test.list", pattern], capture_output=True, text=True, check=True, cwd=WORK)
+    return [line for line in out.stdout.split() if line.startswith("Test")]
+
+
+def run_one(suite: Path, bin_dir: Path, name: str) -> tuple[bool, float, str]:
+    start = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD", "ETCDCTL"))}
+    proc = subprocess.Popen([str(suite), "-test.run", f"^{name}$", "-test.v", "-bin-dir", str(bin_dir),
+                             "-cert-dir", str(FIXTURES)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=WORK / "tests" / "e2e", env=env, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=PER_TEST_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        out = f"timed out after {PER_TEST_TIMEOUT}s"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the test's own session: it and what it left running
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    passed = f"--- PASS: {name} " in out
+    reason = "" if passed else _first_failure(out)
+    return passed, time.monotonic() - start, reason
+
+
+def _first_failure(out: str) -> str:
+    for line in out.splitlines():
+        line = line.strip()
+        if re.match(r"\w+_test\.go:\d+:", line) or line.startswith(("panic:", "timed out")):
+            return re.sub(r"\s+", " ", line.replace("|", "\\|"))[:300]
+    return "no PASS line"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-k", default=".*", help="regex of the tests to run (go test -run syntax)")
+    p.add_argument("--out", default=str(WORK / "results.md"))
+    p.add_argument("--etcd", default=str(ETCDLITE), help="the binary to test (default etcdlite; a real etcd for "
+                   "a baseline)")
+    args = p.parse_args()
+    suite, bin_dir = build(Path(args.etcd))
+    names = list_tests(suite, args.k)
+    rows, passed = [], 0
+    for i, name in enumerate(names, 1):
+        ok, seconds, reason = run_one(suite, bin_dir, name)
+        passed += ok
+        rows.append(f"| {name} | {'pass' if ok else 'FAIL'} | {seconds:.1f} | {reason} |")
+        print(f"[{i}/{len(names)}] {'pass' if ok else 'FAIL'} {name} {reason}", flush=True)
+    Path(args.out).write_text(f"etcd 3.4.23 e2e with {args.etcd} as etcd: {passed} of {len(names)} passed\n\n"
+                              "| test | result | s | first failure |\n|---|---|---:|---|\n" + "\n".join(rows) + "\n")
+    print(f"{passed} of {len(names)} passed; table in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
