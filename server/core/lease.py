@@ -10,6 +10,7 @@ background reaper, owned by the lessor, hands each expired lease to
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import logging
 import math
@@ -25,6 +26,9 @@ log = logging.getLogger("etcdlite.lease")
 
 # etcd: ceil(1.5 * election timeout) with the default 100 ms heartbeat and 10 election ticks
 DEFAULT_MIN_TTL = math.ceil((3 * 10) // 2 * 0.1)
+
+
+RECENT_REVOKES_SECONDS = 1.0  # how long a revoke is remembered for keep-alives racing it
 
 
 class LeaseTxn(Protocol):
@@ -72,6 +76,7 @@ class Lessor:
         self._wakeup = asyncio.Event()
         self._reaper = OwnedTask("lease-reaper", self._reap_forever)
         self._recently_revoked: dict[int, float] = {}  # lease id -> when (a keep-alive racing it waits)
+        self._revoke_order: collections.deque[tuple[float, int]] = collections.deque()
         self.on_expired: Callable[[int], None] | None = None  # revoke an expired lease (set by core)
         self.local_expiry = True  # False: a shared backend's reaper decides expiry, this one stays idle
 
@@ -152,10 +157,11 @@ class Lessor:
 
     def _note_revoked(self, lease_id: int) -> None:
         now = self._clock()
-        recent = self._recently_revoked
-        if len(recent) > 1024:  # keep the last second's only
-            self._recently_revoked = recent = {i: t for i, t in recent.items() if now - t < 1.0}
+        recent, order = self._recently_revoked, self._revoke_order
+        while order and now - order[0][0] > RECENT_REVOKES_SECONDS:  # oldest first: keep the last second's
+            recent.pop(order.popleft()[1], None)
         recent[lease_id] = now
+        order.append((now, lease_id))
 
     def revoked_within(self, lease_id: int, seconds: float) -> bool:
         """Whether the lease was revoked (here) in the last ``seconds``."""
