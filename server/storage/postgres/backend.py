@@ -42,7 +42,7 @@ from .dsn import connect_kwargs, redacted
 from .follower import Follower, ReadIndex
 from .keeper import HEARTBEAT, Keeper, member_lock_key
 from .loader import Replay, load
-from .schema import MEMBER_LOCK_SPACE, ensure_cluster, migrate, to_signed
+from .schema import MEMBER_LOCK_SPACE, ensure_cluster, known_leader, migrate, to_signed
 
 log = logging.getLogger("etcdlite.postgres")
 
@@ -86,6 +86,7 @@ class PostgresBackend:
             migrate(conn)
             cluster_id = ensure_cluster(conn, self._config.cluster_id)
             self._check_member_free(conn, started)
+            self.keeper.leader_id = known_leader(conn)  # Status names it from the first request on
             replay = load(conn)
         finally:
             conn.close()

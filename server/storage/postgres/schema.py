@@ -133,6 +133,12 @@ def ensure_cluster(conn: psycopg.Connection[Any], cluster_id: int) -> int:
     return to_unsigned(int(row[0]))
 
 
+def known_leader(conn: psycopg.Connection[Any]) -> int:
+    """The member that last took the reaper lock (0: none yet)."""
+    row = conn.execute("SELECT leader FROM etcdlite_cluster WHERE id = 1").fetchone()
+    return to_unsigned(int(row[0])) if row and row[0] else 0
+
+
 def to_signed(value: int) -> int:
     """etcd's IDs are uint64; PostgreSQL's bigint is signed."""
     return value - (1 << 64) if value >= 1 << 63 else value
