@@ -143,7 +143,8 @@ def list_tests(suite: Path, pattern: str) -> list[str]:
     return [line for line in out.stdout.split() if line.startswith("Test")]
 
 
-def run_one(suite: Path, bin_dir: Path, name: str) -> tuple[bool, float, str]:
+def run_one(suite: Path, bin_dir: Path, name: str) -> tuple[str, float, str]:
+    """The result ("pass", "FAIL", or "skip": the test skipped itself, not a pass either), seconds, why."""
     start = time.monotonic()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD", "ETCDCTL"))}
     proc = subprocess.Popen([str(suite), "-test.run", f"^{name}$", "-test.v", "-bin-dir", str(bin_dir),
@@ -162,9 +163,9 @@ def run_one(suite: Path, bin_dir: Path, name: str) -> tuple[bool, float, str]:
     logs = WORK / "logs"
     logs.mkdir(exist_ok=True)
     (logs / f"{name}.log").write_text(out)  # the test's whole output, for a failure's story
-    passed = f"--- PASS: {name} " in out
-    reason = "" if passed else _first_failure(out)
-    return passed, time.monotonic() - start, reason
+    result = "pass" if f"--- PASS: {name} " in out else "skip" if f"--- SKIP: {name} " in out else "FAIL"
+    reason = "" if result == "pass" else _first_failure(out)
+    return result, time.monotonic() - start, reason
 
 
 def _first_failure(out: str) -> str:
@@ -193,12 +194,12 @@ def main() -> int:
         names = list_tests(suite, pattern)
         rows, passed = [], 0
         for i, name in enumerate(names, 1):
-            ok, seconds, reason = run_one(suite, bin_dir, name)
+            result, seconds, reason = run_one(suite, bin_dir, name)
             if shared is not None:
                 shared.reset()
-            passed += ok
-            rows.append(f"| {name} | {'pass' if ok else 'FAIL'} | {seconds:.1f} | {reason} |")
-            print(f"[{i}/{len(names)}] {'pass' if ok else 'FAIL'} {name} {reason}", flush=True)
+            passed += result == "pass"
+            rows.append(f"| {name} | {result} | {seconds:.1f} | {reason} |")
+            print(f"[{i}/{len(names)}] {result} {name} {reason}", flush=True)
     finally:
         if shared is not None:
             shared.stop()
