@@ -11,7 +11,7 @@ ETCDLITE_ARTIFACTS ?= $(CURDIR)/test-artifacts
 export ETCDLITE_ARTIFACTS
 
 .PHONY: install run test test-server test-postgres test-clients test-deps-range postgres lint proto proto-check \
-	bench clean crash-test browser e2e
+	bench clean crash-test browser e2e e2e-cluster
 
 $(STAMP): pyproject.toml server/transport/_splice.c server/transport/_tlsrelay.c
 	$(PYTHON) -m venv $(VENV)
@@ -120,3 +120,9 @@ bench: $(STAMP) postgres
 E2E_TESTS ?= .*
 e2e: $(STAMP)
 	$(BIN)/python tests/e2e/run_e2e.py -k '$(E2E_TESTS)'
+
+# Its tests that start a multi-member cluster (run_e2e.py's CLUSTER_TESTS, or E2E_CLUSTER_TESTS=REGEX), each
+# member an etcdlite instance over one PostgreSQL database per cluster (tests/e2e/cluster_wrapper.py); ~15 min
+E2E_CLUSTER_TESTS ?=
+e2e-cluster: $(STAMP) postgres
+	$(BIN)/python tests/e2e/run_e2e.py --postgres $(if $(E2E_CLUSTER_TESTS),-k '$(E2E_CLUSTER_TESTS)')

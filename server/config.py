@@ -108,12 +108,24 @@ class Config:
 
     @property
     def member_id(self) -> int:
-        joined = "".join(sorted(self.peer_urls)).encode() + self.initial_cluster_token.encode()
+        return self._member_id(self.peer_urls)
+
+    def _member_id(self, peer_urls: list[str]) -> int:
+        joined = "".join(sorted(peer_urls)).encode() + self.initial_cluster_token.encode()
         return int.from_bytes(hashlib.sha1(joined).digest()[:8], "big")
 
     @property
     def cluster_id(self) -> int:
-        return int.from_bytes(hashlib.sha1(self.member_id.to_bytes(8, "big")).digest()[:8], "big")
+        """etcd's: sha1 of the initial cluster's member IDs, sorted, 8 bytes each (the same for every member
+        started with the same --initial-cluster and token)."""
+        by_name: dict[str, list[str]] = {}
+        for entry in self.initial_cluster.split(","):
+            if "=" in entry:
+                name, url = entry.split("=", 1)
+                by_name.setdefault(name.strip(), []).append(url)
+        ids = [self._member_id(urls) for urls in by_name.values()] if self.name in by_name else [self.member_id]
+        joined = b"".join(i.to_bytes(8, "big") for i in sorted(ids))
+        return int.from_bytes(hashlib.sha1(joined).digest()[:8], "big")
 
     @property
     def grpc_max_receive_bytes(self) -> int:

@@ -109,6 +109,8 @@ LEADER_CHANGED = _err(_UA, "etcdserver: leader changed")
 UNHEALTHY = _err(_UA, "etcdserver: unhealthy cluster")
 CORRUPT = _err(Code.DATA_LOSS, "etcdserver: corrupt cluster")
 BAD_LEADER_TRANSFEREE = _err(_FP, "etcdserver: bad leader transferee")
+# etcd has no gRPC code of its own for it: togRPCError answers Unknown
+TIMEOUT_LEADER_TRANSFER = _err(Code.UNKNOWN, "etcdserver: request timed out, leader transfer took too long")
 
 
 def unimplemented(what: str) -> EtcdError:

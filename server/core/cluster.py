@@ -25,6 +25,7 @@ class Cluster:
         return [_to_pb(m) for m in self._members.members()]
 
     async def member_list(self, request: pb.MemberListRequest, who: Who) -> pb.MemberListResponse:
+        await self._members.refresh()
         return pb.MemberListResponse(header=self._header(), members=self._all())
 
     async def member_add(self, request: pb.MemberAddRequest, who: Who) -> pb.MemberAddResponse:
@@ -34,6 +35,7 @@ class Cluster:
 
     async def member_remove(self, request: pb.MemberRemoveRequest, who: Who) -> pb.MemberRemoveResponse:
         self._core.auth.check_admin(who)
+        await self._members.refresh()
         self._members.remove(request.ID)
         return pb.MemberRemoveResponse(header=self._header(), members=self._all())
 

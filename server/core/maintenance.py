@@ -105,11 +105,21 @@ class Maintenance:
     async def move_leader(self, request: pb.MoveLeaderRequest, who: Who) -> pb.MoveLeaderResponse:
         core = self._core
         core.auth.check_admin(who)
+        leader = core.backend.leader_id
+        if leader and leader != core.member_id:
+            raise errors.NOT_LEADER  # only the leader hands leadership over, as in etcd
+        await core.membership.refresh()
         target = next((m for m in core.membership.members() if m.id == request.targetID), None)
         if target is None or target.is_learner:
             raise errors.BAD_LEADER_TRANSFEREE
         if target.id != core.member_id:
-            raise errors.TIMEOUT  # an added member never starts, so it never catches up to take over
+            log.info("leadership transfer starting", extra={"fields": {
+                "local-member-id": f"{core.member_id:x}", "current-leader-member-id": f"{core.member_id:x}",
+                "transferee-member-id": f"{target.id:x}"}})
+            await core.backend.transfer_leadership(target.id)
+            log.info("leadership transfer finished", extra={"fields": {
+                "local-member-id": f"{core.member_id:x}", "old-leader-member-id": f"{core.member_id:x}",
+                "new-leader-member-id": f"{target.id:x}"}})
         return pb.MoveLeaderResponse()  # etcd answers without a header
 
     async def downgrade(self, request: pb.DowngradeRequest, who: Who) -> pb.DowngradeResponse:

@@ -79,6 +79,12 @@ class Membership:
         self._others = {m.id: m for m in (Member(**m) for m in saved["added"]) if m.id != self.local.id}
         self.removed = {int(i) for i in saved["removed"]}
 
+    async def refresh(self) -> None:
+        """The serving instances of a shared backend read afresh: a request about members sees every
+        instance started before it (etcd knows its initial cluster's members from the start)."""
+        if self._shared is not None:
+            await self._shared.refresh_instances()
+
     @property
     def local_removed(self) -> bool:
         return self.local.id in self.removed

@@ -145,6 +145,10 @@ class SharedState(Protocol):
         """The instances serving now (this one included)."""
         ...
 
+    async def refresh_instances(self) -> None:
+        """Read the instances serving now afresh (``instances`` may be a heartbeat old)."""
+        ...
+
 
 @dataclass(slots=True)
 class Instance:
@@ -324,6 +328,11 @@ class Backend(Protocol):
     @property
     def leader_id(self) -> int:
         """The member that leads (a shared backend: the lease reaper); 0: this one."""
+        ...
+
+    async def transfer_leadership(self, transferee: int) -> None:
+        """Make ``transferee``, another member, the leader (MoveLeader, asked of the leader); etcd's
+        timeout errors when it does not take over."""
         ...
 
     def size(self) -> int:

@@ -175,6 +175,9 @@ class MemoryBackend:
     def leader_id(self) -> int:
         return 0
 
+    async def transfer_leadership(self, transferee: int) -> None:
+        raise errors.TIMEOUT  # the other members were added through the API and never start: none takes over
+
     def size(self) -> int:
         return self.wal.disk_size() if self.wal is not None else 0
 

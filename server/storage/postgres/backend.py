@@ -42,12 +42,13 @@ from .dsn import connect_kwargs, redacted
 from .follower import Follower, ReadIndex
 from .keeper import HEARTBEAT, Keeper, member_lock_key
 from .loader import Replay, load
-from .schema import MEMBER_LOCK_SPACE, ensure_cluster, migrate, to_signed
+from .schema import MEMBER_LOCK_SPACE, ensure_cluster, known_leader, migrate, to_signed
 
 log = logging.getLogger("etcdlite.postgres")
 
 R = TypeVar("R")
 START_TIMEOUT_SECONDS = 10.0  # how long start-up waits for the database (its orchestrator restarts it after)
+LEADER_TRANSFER_SECONDS = 5.0  # etcd's request timeout
 
 
 class BackendUnavailable(StorageError):
@@ -85,6 +86,7 @@ class PostgresBackend:
             migrate(conn)
             cluster_id = ensure_cluster(conn, self._config.cluster_id)
             self._check_member_free(conn, started)
+            self.keeper.leader_id = known_leader(conn)  # Status names it from the first request on
             replay = load(conn)
         finally:
             conn.close()
@@ -297,6 +299,14 @@ class PostgresBackend:
     def leader_id(self) -> int:
         return self.keeper.leader_id
 
+    async def transfer_leadership(self, transferee: int) -> None:
+        """The reaper lock handed to a live instance; one that is not serving cannot take it."""
+        await self.keeper.refresh_instances()
+        if not any(i.id == transferee for i in self.keeper.instances):
+            raise errors.TIMEOUT
+        if not await self.keeper.transfer_leadership(transferee, LEADER_TRANSFER_SECONDS):
+            raise errors.TIMEOUT_LEADER_TRANSFER
+
     def size(self) -> int:
         return self.keeper.size
 
@@ -345,6 +355,9 @@ class _Documents:
 
     def instances(self) -> list[Instance]:
         return self._backend.instances()
+
+    async def refresh_instances(self) -> None:
+        await self._backend.keeper.refresh_instances()
 
 
 def _run_txn(store: MVCCStore, apply: Callable[[WriteTxn], R]) -> R:

@@ -7,6 +7,8 @@
   lock that dies with its connection (and so with its instance); it revokes the leases whose
   ``expires_at`` passed, through the log like any write.  The others try to take the lock every tick,
   so a dead reaper is replaced within a second.  The holder is the cluster's "leader" in Status.
+  MoveLeader hands it over: the holder names the transferee in ``etcdlite_cluster`` and lets the lock
+  go; until ``HANDOFF_SECONDS`` have passed only the transferee may take it.
 * **Membership**: the instance's row in ``etcdlite_member`` (its member attributes and a heartbeat
   every second) and the live ones (heartbeat within ``LIVE_SECONDS``).  A session lock per member ID
   keeps two instances from serving as one member.
@@ -38,6 +40,7 @@ LIVE_SECONDS = 5.0
 PULL_WINDOW_SECONDS = 2.0  # renewals are read back over this window (their transactions are short)
 SIZE_SECONDS = 5.0
 REVOKE_RETRY_SECONDS = 1.0
+HANDOFF_SECONDS = 3.0  # how long the lock waits for the transferee; then any live instance may take it
 TABLES = ("etcdlite_log", "etcdlite_snapshot", "etcdlite_snapshot_chunk", "etcdlite_state", "etcdlite_lease",
           "etcdlite_member", "etcdlite_cluster")
 
@@ -47,7 +50,12 @@ _PULL = ("SELECT clock_timestamp(), coalesce(array_agg(id), '{}'), "
          "coalesce(array_agg(extract(epoch FROM expires_at - clock_timestamp())::float8), '{}') "
          "FROM etcdlite_lease "
          "WHERE renewed_at > coalesce(%s::timestamptz, clock_timestamp()) - %s * interval '1 second'")
-_TRY_LEAD = "SELECT pg_try_advisory_lock(%s), (SELECT leader FROM etcdlite_cluster WHERE id = 1)"
+# the lock is tried only when it is not being handed to another instance (CASE: not even tried then)
+_TRY_LEAD = ("SELECT CASE WHEN transferee IS NULL OR transferee = %s OR transfer_until < clock_timestamp() "
+             "THEN pg_try_advisory_lock(%s) ELSE false END, leader FROM etcdlite_cluster WHERE id = 1")
+_LED = "UPDATE etcdlite_cluster SET leader = %s, transferee = NULL, transfer_until = NULL WHERE id = 1"
+_HAND_OVER = ("UPDATE etcdlite_cluster SET transferee = %s, "
+              "transfer_until = clock_timestamp() + %s * interval '1 second' WHERE id = 1")
 _EXPIRED = "SELECT id FROM etcdlite_lease WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT 256"
 HEARTBEAT = ("INSERT INTO etcdlite_member (id, name, peer_urls, client_urls, heartbeat) "
               "VALUES (%s, %s, %s, %s, clock_timestamp()) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
@@ -68,6 +76,7 @@ class Keeper:
         self._revoking: dict[int, float] = {}  # lease id -> when its revoke was asked for
         self.leader = False  # holds REAPER_LOCK
         self.leader_id = 0
+        self._transferee = 0  # MoveLeader asked to hand the reaper lock to this member
         self._member_locked = False
         self.instances: list[Instance] = [local]
         self.size = 0
@@ -122,6 +131,8 @@ class Keeper:
         if not self._member_locked:
             self._member_locked = await self._lock_member(conn)
         await self._flush(conn)
+        if self._transferee and self.leader:
+            await self._hand_over(conn, self._transferee)
         if now >= self._next_pull:  # other instances' keep-alives, and the reaper lock if it is free
             self._next_pull = now + PULL_SECONDS
             await self._pull(conn)
@@ -167,15 +178,36 @@ class Keeper:
             attacher.extend(int(lease_id), float(seconds))
 
     async def _try_lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Take the reaper lock if it is free; else learn who holds it."""
-        row = await (await conn.execute(_TRY_LEAD, (REAPER_LOCK,))).fetchone()
+        """Take the reaper lock if it is free (and not being handed to another); else learn who holds it."""
+        row = await (await conn.execute(_TRY_LEAD, (to_signed(self._local.id), REAPER_LOCK))).fetchone()
         if row and row[0]:
             self.leader = True
             self.leader_id = self._local.id
-            await conn.execute("UPDATE etcdlite_cluster SET leader = %s WHERE id = 1", (to_signed(self._local.id),))
+            await conn.execute(_LED, (to_signed(self._local.id),))
             log.info("became the lease reaper", extra={"fields": {"member-id": f"{self._local.id:x}"}})
         elif row and row[1] is not None:
             self.leader_id = to_unsigned(int(row[1]))
+
+    async def transfer_leadership(self, transferee: int, timeout: float) -> bool:
+        """Hand the reaper lock to ``transferee`` (a live instance); True once it holds it."""
+        self._transferee = transferee
+        deadline = time.monotonic() + timeout
+        try:
+            while self.leader_id != transferee:
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(TICK_SECONDS / 2)
+            return True
+        finally:
+            self._transferee = 0
+
+    async def _hand_over(self, conn: psycopg.AsyncConnection[Any], transferee: int) -> None:
+        self._transferee = 0
+        await conn.execute(_HAND_OVER, (to_signed(transferee), HANDOFF_SECONDS))
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (REAPER_LOCK,))
+        self.leader = False
+        log.info("handing the lease reaper (leadership) over", extra={"fields": {
+            "member-id": f"{self._local.id:x}", "transferee-member-id": f"{transferee:x}"}})
 
     async def _reap(self, conn: psycopg.AsyncConnection[Any]) -> None:
         rows = await (await conn.execute(_EXPIRED)).fetchall()
@@ -210,8 +242,22 @@ class Keeper:
         local = self._local
         await conn.execute(HEARTBEAT, (to_signed(local.id), local.name, ",".join(local.peer_urls),
                                         ",".join(local.client_urls)))
+        await self._read_instances(conn)
+
+    async def _read_instances(self, conn: psycopg.AsyncConnection[Any]) -> None:
         rows = await (await conn.execute(_LIVE, (LIVE_SECONDS,))).fetchall()
         self.instances = [Instance(to_unsigned(int(i)), str(n), _urls(p), _urls(c)) for i, n, p, c in rows]
+
+    async def refresh_instances(self) -> None:
+        """The live instances read now, not at the last heartbeat (an instance started a moment ago is
+        listed at once, as etcd lists every member of its initial cluster); the last list if the
+        database does not answer within a second (the keeper's own loop deals with the connection)."""
+        if not self.link.connected:
+            return
+        try:
+            await asyncio.wait_for(self._read_instances(await self.link.get()), 1.0)
+        except (psycopg.Error, OSError, TimeoutError):
+            pass
 
 
 def member_lock_key(member_id: int) -> int:

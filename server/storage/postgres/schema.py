@@ -1,7 +1,8 @@
 """The tables etcdlite keeps in PostgreSQL, created and migrated by etcdlite itself.
 
     etcdlite_schema         the schema version (one row)
-    etcdlite_cluster        the cluster's identity (one row), and which member holds the reaper lock
+    etcdlite_cluster        the cluster's identity (one row), which member holds the reaper lock, and the member it
+                            is being handed to (MoveLeader) until when
     etcdlite_log            the log: (idx, kind, entry, batch); idx gap-free from 1, one row per step
     etcdlite_snapshot       snapshots of the whole key space (``memory.snapshot``'s format), by index,
     etcdlite_snapshot_chunk   in chunks of a few MiB; the log up to a snapshot's index is deleted
@@ -25,7 +26,7 @@ from ..memory.files import StorageError
 
 log = logging.getLogger("etcdlite.postgres")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # advisory lock keys: "etcdlite" and a purpose, as 64-bit numbers nothing else is likely to use
 WRITER_LOCK = 0x6574_6364_6C69_7401  # held by the one instance writing the log (transaction level)
@@ -45,7 +46,9 @@ CREATE TABLE IF NOT EXISTS etcdlite_cluster (
     id integer PRIMARY KEY CHECK (id = 1),
     cluster_id bigint NOT NULL,
     leader bigint NOT NULL DEFAULT 0,
-    created_at timestamptz NOT NULL DEFAULT now());
+    created_at timestamptz NOT NULL DEFAULT now(),
+    transferee bigint,
+    transfer_until timestamptz);
 CREATE TABLE IF NOT EXISTS etcdlite_log (
     idx bigint PRIMARY KEY,
     kind smallint NOT NULL,
@@ -82,8 +85,10 @@ CREATE TABLE IF NOT EXISTS etcdlite_member (
     heartbeat timestamptz NOT NULL);
 """
 
-# version -> statements that bring a database of version-1 to it (none yet: version 1 is the first)
-_MIGRATIONS: dict[int, str] = {}
+# version -> statements that bring a database of version-1 to it
+_MIGRATIONS: dict[int, str] = {
+    2: "ALTER TABLE etcdlite_cluster ADD COLUMN transferee bigint, ADD COLUMN transfer_until timestamptz",  # MoveLeader
+}
 
 
 class SchemaError(StorageError):
@@ -126,6 +131,12 @@ def ensure_cluster(conn: psycopg.Connection[Any], cluster_id: int) -> int:
         row = conn.execute("SELECT cluster_id FROM etcdlite_cluster WHERE id = 1").fetchone()
     assert row is not None
     return to_unsigned(int(row[0]))
+
+
+def known_leader(conn: psycopg.Connection[Any]) -> int:
+    """The member that last took the reaper lock (0: none yet)."""
+    row = conn.execute("SELECT leader FROM etcdlite_cluster WHERE id = 1").fetchone()
+    return to_unsigned(int(row[0])) if row and row[0] else 0
 
 
 def to_signed(value: int) -> int:
