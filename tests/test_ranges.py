@@ -100,3 +100,43 @@ def test_other_requests_are_served_while_a_large_range_is_read(tmp_path: Path,
         assert len(resp.kvs) == 1000 and all(kv.value == b"x" for kv in resp.kvs)
         assert resp.header.revision == 11  # the revision it was read at, before the put
     asyncio.run(scenario())
+
+
+def test_large_reads_take_turns_one_part_per_turn_of_the_loop(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three large reads at once: between two turns of the event loop at most one part of them is read
+    (each read yielding on its own, three parts ran per turn and other clients waited behind all three)."""
+    async def scenario() -> None:
+        monkeypatch.setattr(ranges, "CHUNK_KEYS", 10)
+        core = _core(tmp_path)
+        for i in range(0, 300, 100):
+            await core.txn(pb.TxnRequest(success=[pb.RequestOp(request_put=pb.PutRequest(
+                key=b"big/%04d" % j, value=b"x")) for j in range(i, i + 100)]), None)
+        parts_read = 0
+        chunk = core.backend.range_chunk
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal parts_read
+            parts_read += 1
+            return chunk(*args, **kwargs)
+        monkeypatch.setattr(core.backend, "range_chunk", counted)
+
+        loop = asyncio.get_running_loop()
+        per_turn: list[int] = []
+        last = 0
+
+        def tick() -> None:  # one call per turn of the loop, as a client's callback would get
+            nonlocal last
+            per_turn.append(parts_read - last)
+            last = parts_read
+            if not all(r.done() for r in reads):
+                loop.call_soon(tick)
+
+        reads = [asyncio.ensure_future(core.range(pb.RangeRequest(key=b"big/", range_end=b"big0"), None))
+                 for _ in range(3)]
+        loop.call_soon(tick)
+        answers = [_decoded(r) for r in await asyncio.gather(*reads)]
+        assert all(len(a.kvs) == 300 for a in answers)
+        assert parts_read >= 3 * 30
+        assert max(per_turn[2:]) <= 1, per_turn  # the first turns start the three reads (a part each)
+    asyncio.run(scenario())

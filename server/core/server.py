@@ -34,7 +34,7 @@ from .compactor import Compactor, new_compactor
 from .kv import KVApplier
 from .lease import Lessor
 from .membership import Member, Membership
-from .ranges import EncodedResponse, ReadPins, read_in_parts, sliceable
+from .ranges import EncodedResponse, PartTurns, ReadPins, read_in_parts, sliceable
 from .request_size import RaftSizeLimit
 from .watch import WatchHub
 
@@ -87,6 +87,7 @@ class Core:
         self._shared = backend.shared_state is not None  # other instances write the same store
         self.on_removed: Callable[[], None] | None = None  # this member was removed: stop serving
         self._read_pins = ReadPins()
+        self._part_turns = PartTurns()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> Recovered:
@@ -245,7 +246,7 @@ class Core:
             await self.backend.read_index()  # auth change committed before the read (a shared backend)
         self.auth.check_range(who, r)
         if sliceable(r):  # a range over many keys is read in parts, the loop free in between
-            return await read_in_parts(self.backend, self._read_pins, r, self.header())
+            return await read_in_parts(self.backend, self._read_pins, self._part_turns, r, self.header())
         resp = self.kv.range(r)
         self.fill_header(resp.header)
         return resp
