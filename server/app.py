@@ -14,7 +14,7 @@ import grpc
 
 from .api.auth import AuthService
 from .api.cluster import ClusterService
-from .api.credentials import CredentialsReader
+from .api.credentials import CredentialsReader, TokenCatchUp
 from .api.election import ElectionService
 from .api.health import HealthChecks
 from .api.kv import KVService
@@ -132,6 +132,8 @@ class EtcdServer:
         """Every etcd method's handler, in ``grpc_methods`` under its path."""
         core = self.core
         who = CredentialsReader(self.config.client_cert_auth)
+        # over a shared backend a token issued elsewhere may come before its log entry was applied here
+        gate = TokenCatchUp(who, core.auth, core.backend) if core.backend.shared_state is not None else None
         impls = {
             "KV": KVService(core, who),
             "Lease": LeaseService(core, who),
@@ -143,12 +145,12 @@ class EtcdServer:
         for name, service in rpc_pb2.DESCRIPTOR.services_by_name.items():
             generic_handler(service, impls.get(name), self.metrics.grpc, self.grpc_methods,
                             max_receive_bytes=self.config.grpc_max_receive_bytes, faults=self.faults,
-                            max_txn_ops=self.config.max_txn_ops)
+                            max_txn_ops=self.config.max_txn_ops, gate=gate)
         recipes = {"Lock": LockService(core, who), "Election": ElectionService(core, who)}
         for module in (v3lock_pb2, v3election_pb2):
             for name, service in module.DESCRIPTOR.services_by_name.items():
                 generic_handler(service, recipes.get(name), self.metrics.grpc, self.grpc_methods,
-                                max_receive_bytes=self.config.grpc_max_receive_bytes, faults=self.faults)
+                                max_receive_bytes=self.config.grpc_max_receive_bytes, faults=self.faults, gate=gate)
         self.metrics.wire_kv_observers()
         if self.faults is not None:  # "/etcdserverpb.KV/Range" -> "KV/Range"
             self.faults.set_methods(path.rpartition(".")[2] for path in self.grpc_methods)

@@ -5,6 +5,8 @@ gateway made it.  Core decides what they are worth (``core.auth``)."""
 from __future__ import annotations
 
 from ..core.auth.model import Credentials
+from ..core.auth.store import AuthStore
+from ..storage.backend import Backend
 from .context import CallContext
 
 GATEWAY_HEADER = "grpcgateway-accept"  # set by the HTTP gateway on every call it makes
@@ -45,6 +47,24 @@ class CredentialsReader:
         if token is None and self._client_cert_auth and not via_gateway:
             cert_cn = _tls_common_name(context)
         return Credentials(token, cert_cn, via_gateway)
+
+
+class TokenCatchUp:
+    """Over a shared backend: a call whose simple token another instance issued in a log entry not
+    applied here yet waits for the log first (a read index), so a token is valid on every instance as
+    soon as Authenticate returned.  Any other call only pays a look-up of its token."""
+
+    def __init__(self, reader: CredentialsReader, auth: AuthStore, backend: Backend) -> None:
+        self._reader = reader
+        self._auth = auth
+        self._backend = backend
+
+    def pending(self, context: CallContext) -> bool:
+        token = self._reader(context).token
+        return token is not None and self._auth.token_unseen(token, self._backend.durable_index)
+
+    async def wait(self) -> None:
+        await self._backend.read_index()
 
 
 def _tls_common_name(context: CallContext) -> str | None:

@@ -141,6 +141,21 @@ class SharedState(Protocol):
         """``listener(name, data)`` runs when another instance's change is applied here."""
         ...
 
+    def append_event(self, name: str, data: bytes, apply: Callable[[int], R]) -> Awaitable[R]:
+        """Append a one-off event to the log (etcd's InternalAuthenticateRequest: a simple token's issue).
+
+        ``apply(index)`` runs here at the event's place in the log -- ``index`` is that place, unique
+        over every instance -- and its result comes once the event is committed; if it raises,
+        nothing is appended.  Other instances run their ``on_event`` listeners as they apply the log.
+        An event is not a document: ``load`` never returns it, and neither start-up nor a snapshot
+        applies it again (tokens end with the process, as etcd's).
+        """
+        ...
+
+    def on_event(self, listener: Callable[[str, int, bytes], None]) -> None:
+        """``listener(name, index, data)`` runs when another instance's event is applied here."""
+        ...
+
     def instances(self) -> list[Instance]:
         """The instances serving now (this one included)."""
         ...

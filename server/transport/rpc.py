@@ -5,7 +5,9 @@ answers UNIMPLEMENTED with the method's name.  The guard counts each call in the
 a request grpc-go would have refused (``BadRequest``) into its status, and ends a call that
 raised with the status ``api.status`` maps the error to (UNKNOWN, logged, for anything else).
 It is also where injected faults (``core.faults``) hit: once per request, a stream's requests
-included, at the cost of one attribute check while none is set.
+included, at the cost of one attribute check while none is set.  Over a shared backend a gate
+(``api.credentials.TokenCatchUp``) makes a call whose token may come from a log entry not applied
+here yet wait for the log before its handler runs.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ class Faults(Protocol):
     active: bool
 
     async def before(self, method: str) -> None: ...
+
+
+class CallGate(Protocol):
+    """What a call may wait for before its handler runs (``api.credentials.TokenCatchUp``)."""
+
+    def pending(self, context: CallContext) -> bool: ...
+
+    async def wait(self) -> None: ...
 
 
 class _NoFaults:
@@ -152,8 +162,8 @@ def _status_of(exc: BaseException, context: RpcContext) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def _guard_unary(fn: Callable[..., Any], method: str, stats: MethodStats, faults: Faults, short: str
-                 ) -> Callable[..., Any]:
+def _guard_unary(fn: Callable[..., Any], method: str, stats: MethodStats, faults: Faults, short: str,
+                 gate: CallGate | None) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def handler(request: Any, context: RpcContext) -> Any:
         stats.started += 1
@@ -162,6 +172,8 @@ def _guard_unary(fn: Callable[..., Any], method: str, stats: MethodStats, faults
                 await context.abort(request.code, request.message)
             if faults.active:
                 await faults.before(short)
+            if gate is not None and gate.pending(context):
+                await gate.wait()
             response = await fn(request, context)
         except BaseException as exc:
             stats.done(_status_of(exc, context))
@@ -178,7 +190,7 @@ def _guard_unary(fn: Callable[..., Any], method: str, stats: MethodStats, faults
 
 
 def _guard_stream(fn: Callable[..., Any], method: str, stats: MethodStats, client_streaming: bool,
-                  faults: Faults, short: str) -> Callable[..., Any]:
+                  faults: Faults, short: str, gate: CallGate | None) -> Callable[..., Any]:
     """Streaming handlers written as coroutines that use ``context.write`` / ``read``."""
 
     @functools.wraps(fn)
@@ -187,6 +199,8 @@ def _guard_stream(fn: Callable[..., Any], method: str, stats: MethodStats, clien
         try:
             if type(request_or_iterator) is BadRequest:
                 await context.abort(request_or_iterator.code, request_or_iterator.message)
+            if gate is not None and gate.pending(context):  # a stream's token is its call's
+                await gate.wait()
             if client_streaming:
                 requests = _CheckedRequests(request_or_iterator, context, faults, short)
                 await fn(requests, context)
@@ -213,14 +227,16 @@ class PerMessage:
     it as ``<method>_each(request, context) -> response``; the plain stream handler (``<method>``)
     stays for the HTTP gateway."""
 
-    __slots__ = ("_fn", "_method", "_stats", "_faults", "_short")
+    __slots__ = ("_fn", "_method", "_stats", "_faults", "_short", "_gate")
 
-    def __init__(self, fn: Callable[..., Any], method: str, stats: MethodStats, faults: Faults, short: str) -> None:
+    def __init__(self, fn: Callable[..., Any], method: str, stats: MethodStats, faults: Faults, short: str,
+                 gate: CallGate | None = None) -> None:
         self._fn = fn
         self._method = method
         self._stats = stats
         self._faults = faults
         self._short = short
+        self._gate = gate
 
     def begin(self) -> None:
         self._stats.started += 1
@@ -231,6 +247,8 @@ class PerMessage:
                 await context.abort(request.code, request.message)
             if self._faults.active:
                 await self._faults.before(self._short)
+            if self._gate is not None and self._gate.pending(context):
+                await self._gate.wait()
             return await self._fn(request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -271,10 +289,11 @@ def _unimplemented(full_name: str, stats: MethodStats) -> Callable[..., Any]:
 def generic_handler(service: ServiceDescriptor, impl: object | None, metrics: GrpcMetrics | None = None,
                     registry: dict[str, grpc.RpcMethodHandler] | None = None,
                     max_receive_bytes: int = 4 * 1024 * 1024, faults: Faults | None = None,
-                    max_txn_ops: int = 128) -> grpc.GenericRpcHandler:
+                    max_txn_ops: int = 128, gate: CallGate | None = None) -> grpc.GenericRpcHandler:
     """The service's handlers, counted in ``metrics``; each is also put in ``registry`` under
     its path ("/etcdserverpb.KV/Range"), where the HTTP gateway finds the very same handler.
-    ``faults``: the injector whose faults hit them, named "Service/Method" ("KV/Range")."""
+    ``faults``: the injector whose faults hit them, named "Service/Method" ("KV/Range"); ``gate``:
+    what each call may wait for first (None: nothing)."""
     metrics = metrics if metrics is not None else GrpcMetrics()
     faults = faults if faults is not None else _NoFaults()
     handlers: dict[str, grpc.RpcMethodHandler] = {}
@@ -288,16 +307,16 @@ def generic_handler(service: ServiceDescriptor, impl: object | None, metrics: Gr
         if fn is None:
             fn = _unimplemented(full, stats)
         elif cs or ss:
-            fn = _guard_stream(fn, full, stats, cs, faults, short)
+            fn = _guard_stream(fn, full, stats, cs, faults, short, gate)
         else:
-            fn = _guard_unary(fn, full, stats, faults, short)
+            fn = _guard_unary(fn, full, stats, faults, short, gate)
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"{full} handler must be async")
         kwargs = dict(request_deserializer=_deserializer(req_cls, max_receive_bytes, max_txn_ops),
                       response_serializer=_serialize)
         each = getattr(impl, _snake(method.name) + "_each", None) if impl is not None and cs and ss else None
         if each is not None:
-            per_message = PerMessage(each, full, stats, faults, short)
+            per_message = PerMessage(each, full, stats, faults, short, gate)
             handlers[method.name] = MethodHandler(  # type: ignore[assignment]
                 True, True, kwargs["request_deserializer"], kwargs["response_serializer"], None, None, None, fn,
                 per_message)

@@ -28,7 +28,8 @@ their hashes, roles) is ``<data-dir>/member/auth.json``, rewritten atomically
 (temporary file, fsync, rename, fsync of the directory) before a change is
 acknowledged.  It is small and changes rarely, and the auth revision is
 independent of the key-value revision, so it does not go through the WAL.
-Simple tokens live in memory only and end with the process, as in etcd.
+Simple tokens live in memory only and end with the process, as in etcd; over a shared backend each
+is issued by an event in the shared log, so every instance keeps it (``shared_tokens``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ from .model import (
     password_matches,
 )
 from .perms import RangePerms, RequestChecks
-from .tokens import TokenProvider, new_token_provider
+from .shared_tokens import SharedSimpleTokens
+from .tokens import SimpleTokens, TokenProvider, new_token_provider
 
 log = logging.getLogger("etcdlite.auth")
 
@@ -107,6 +109,7 @@ class AuthStore(RequestChecks):
         self._perm_cache: dict[str, RangePerms] = {}
         self._dummy_hash: bytes | None = None
         self._shared: SharedState | None = None
+        self._shared_tokens: SharedSimpleTokens | None = None  # simple tokens issued through a shared log
         if path is not None and path.exists():
             self._load(path)
         if self.enabled:
@@ -143,12 +146,15 @@ class AuthStore(RequestChecks):
     def use_shared(self, shared: SharedState) -> None:
         """Keep the state in a shared backend (every instance sees it) instead of the file."""
         self._shared = shared
+        if isinstance(self._tokens, SimpleTokens):
+            self._shared_tokens = SharedSimpleTokens(self._tokens, shared, self._check_assignable)
         data = shared.load(SHARED_NAME)
         if data is not None:
             self.replace_state(data)
 
     def replace_state(self, data: bytes) -> None:
         """The whole state as saved: another instance of a shared backend changed it."""
+        old_users = self._users
         self._users, self._roles = {}, {}
         self.load_state(json.loads(data))
         self._perm_cache.clear()
@@ -156,6 +162,10 @@ class AuthStore(RequestChecks):
             self._tokens.enable()
         else:
             self._tokens.disable()
+        for name, user in old_users.items():  # deleted, or a new password: their tokens end, as here
+            new = self._users.get(name)
+            if new is None or new.password != user.password or new.no_password != user.no_password:
+                self._tokens.invalidate_user(name)
 
     def export_state(self) -> dict[str, Any]:
         """The persisted state as plain data (what ``auth.json`` holds; snapshots carry it too)."""
@@ -213,6 +223,11 @@ class AuthStore(RequestChecks):
             return None
         return AuthInfo(who.cert_cn, self.revision)
 
+    def token_unseen(self, token: str, applied: int) -> bool:
+        """A simple token that another instance may have issued in a log entry past ``applied``, the
+        last one applied here: worth a wait for the log (a read index) before it is refused."""
+        return self._shared_tokens is not None and self._shared_tokens.unseen(token, applied)
+
     # -- permission checks (etcd's authStore.Is*Permitted) --------------------------------------
     def _user_perms(self, user: User) -> RangePerms:
         perms = self._perm_cache.get(user.name)
@@ -257,7 +272,7 @@ class AuthStore(RequestChecks):
             if not await asyncio.to_thread(password_matches, hashed, password):
                 log.warning("invalid authentication was requested", extra={"fields": {"user": name}})
                 raise errors.AUTH_FAILED
-            token = self._assign(name)
+            token = await self._issue(name)
             if revision == self.revision:
                 return token
             log.info("revision when password checked became stale; retrying")
@@ -277,13 +292,19 @@ class AuthStore(RequestChecks):
             return self.revision, self._dummy_hash  # the hash of a random secret nobody knows
         return self.revision, user.password
 
-    def _assign(self, name: str) -> str:
+    async def _issue(self, name: str) -> str:
+        if self._shared_tokens is not None:  # through the shared log: every instance knows it
+            return await self._shared_tokens.issue(name)
+        self._check_assignable(name)
+        return self._tokens.assign(name, self.revision, self._tokens.gen_prefix())
+
+    def _check_assignable(self, name: str) -> None:
+        """etcd's checks when it applies an Authenticate."""
         if not self.enabled:
             raise errors.AUTH_NOT_ENABLED
         user = self._users.get(name)
         if user is None or user.no_password:
             raise errors.AUTH_FAILED
-        return self._tokens.assign(name, self.revision, self._tokens.gen_prefix())
 
     async def hash_password(self, password: str) -> bytes:
         return await asyncio.to_thread(hash_password, password, self.bcrypt_cost)

@@ -116,22 +116,33 @@ class SimpleTokens:
 
     def assign(self, username: str, revision: int, prefix: str) -> str:
         self._index += 1
-        token = f"{prefix}.{self._index}"
+        return self.assign_at(username, prefix, self._index)
+
+    def assign_at(self, username: str, prefix: str, index: int) -> str:
+        """The token of ``index``: a count of this process's tokens, or -- over a shared backend, as
+        etcd's raft index -- the place in the log of the event that issued it on every instance."""
+        token = f"{prefix}.{index}"
         if self._enabled:
             self._expire()
-            self._tokens[self._index] = _SimpleToken(token.encode(), username, self._clock() + self._ttl)
+            self._tokens[index] = _SimpleToken(token.encode(), username, self._clock() + self._ttl)
         return token
 
+    def unseen(self, token: str, applied: int) -> bool:
+        """A token whose index is past ``applied``, the last log index applied here: another instance
+        may have issued it in an event this one has not applied yet."""
+        index = _index_of(token)
+        return index is not None and index > applied and index not in self._tokens
+
     def info(self, token: str, revision: int) -> AuthInfo | None:
-        parts = token.split(".")
-        if len(parts) != 2 or not _GO_ATOI.fullmatch(parts[1]):
+        index = _index_of(token)
+        if index is None:
             return None
-        entry = self._tokens.get(int(parts[1]))
+        entry = self._tokens.get(index)
         if entry is None or not hmac.compare_digest(entry.token, token.encode()):
             return None
         now = self._clock()
         if now > entry.expiry:
-            del self._tokens[int(parts[1])]
+            del self._tokens[index]
             return None
         entry.expiry = now + self._ttl
         return AuthInfo(entry.username, revision)
@@ -141,6 +152,14 @@ class SimpleTokens:
         dead = [i for i, t in self._tokens.items() if now > t.expiry]
         for i in dead:
             del self._tokens[i]
+
+
+def _index_of(token: str) -> int | None:
+    """The index of ``<prefix>.<index>`` (Go's strconv.Atoi of what follows the one dot); None if malformed."""
+    parts = token.split(".")
+    if len(parts) != 2 or not _GO_ATOI.fullmatch(parts[1]):
+        return None
+    return int(parts[1])
 
 
 class NoTokens:

@@ -39,7 +39,7 @@ from ..memory.snapshot import capture, encode_snapshot
 from .batch import Batch, Pending, apply_committed, time_out
 from .link import Link
 from .loader import FETCH_ROWS, LogGap, Replay, decode_document, encode_document
-from .schema import KIND_ENTRY, KIND_STATE, NOTIFY_CHANNEL, SNAPSHOT_LOCK, WRITER_LOCK
+from .schema import KIND_ENTRY, KIND_EVENT, KIND_STATE, NOTIFY_CHANNEL, SNAPSHOT_LOCK, WRITER_LOCK
 
 log = logging.getLogger("etcdlite.postgres")
 
@@ -81,6 +81,7 @@ class LogApplier:
         self.attacher: LeaseAttacher | None = None
         self.durable_listeners: list[Callable[[int, int], None]] = []
         self.document_listeners: list[Callable[[str, bytes], None]] = []
+        self.event_listeners: list[Callable[[str, int, bytes], None]] = []
         self.reset_listeners: list[Callable[[], None]] = []
         self.is_leader: Callable[[], bool] = lambda: False  # the reaper-lock holder takes periodic snapshots
         self.link = Link(url, "log writer", instance)
@@ -131,6 +132,9 @@ class LogApplier:
     def save_document(self, name: str, data: bytes) -> asyncio.Future[Any]:
         base = self._remote_docs.get(name, 0)
         return self.submit(lambda store: self._append_document(name, data, base))
+
+    def append_event(self, name: str, data: bytes, apply: Callable[[int], Any]) -> asyncio.Future[Any]:
+        return self.submit(lambda store: self._append_event(name, data, apply))
 
     async def wait_submitted(self) -> None:
         """Until every write submitted so far is answered; raises only if the database failed it
@@ -198,6 +202,14 @@ class LogApplier:
         idx = batch.first + len(batch.rows)
         batch.rows.append((idx, KIND_STATE, encode_document(name, data)))
         batch.documents[name] = (idx, data)
+
+    def _append_event(self, name: str, data: bytes, apply: Callable[[int], Any]) -> Any:
+        batch = self._batch
+        assert batch is not None
+        idx = batch.first + len(batch.rows)
+        result = apply(idx)  # here, at its place in the log: after every row before it, before any after
+        batch.rows.append((idx, KIND_EVENT, encode_document(name, data)))
+        return result
 
     # -- the task -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -306,6 +318,10 @@ class LogApplier:
                 self._remote_docs[name] = idx
                 for listener in self.document_listeners:
                     listener(name, data)
+            elif kind == KIND_EVENT:
+                name, data = decode_document(bytes(payload))
+                for event_listener in self.event_listeners:
+                    event_listener(name, idx, data)
             self.index = idx
         store.publish(old)
         self._applied()

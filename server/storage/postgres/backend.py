@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import psycopg
@@ -352,6 +352,14 @@ class _Documents:
 
     def on_change(self, listener: Callable[[str, bytes], None]) -> None:
         self._backend._log().document_listeners.append(listener)
+
+    def append_event(self, name: str, data: bytes, apply: Callable[[int], R]) -> Awaitable[R]:
+        # shielded as a write: a caller that gives up does not cancel what the log may commit
+        future: asyncio.Future[R] = self._backend._log().append_event(name, data, apply)
+        return asyncio.shield(future)
+
+    def on_event(self, listener: Callable[[str, int, bytes], None]) -> None:
+        self._backend._log().event_listeners.append(listener)
 
     def instances(self) -> list[Instance]:
         return self._backend.instances()

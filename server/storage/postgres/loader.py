@@ -55,6 +55,7 @@ class Replay:
         elif kind == KIND_STATE:
             name, data = decode_document(payload)
             self.documents[name] = (idx, data)
+        # KIND_EVENT: skipped; an event (a simple token's issue) lives as long as the processes that applied it
         self.index = idx
 
 

@@ -37,6 +37,7 @@ MEMBER_LOCK_SPACE = 0x6574_6364  # pg_advisory_lock(space, member id's low 32 bi
 
 KIND_ENTRY = 1  # records.encode_entry of a storage.backend.Entry
 KIND_STATE = 2  # a shared document: name, NUL, data
+KIND_EVENT = 3  # a one-off event (a simple token issued): name, NUL, data; never replayed at start-up
 
 NOTIFY_CHANNEL = "etcdlite_log"  # payload: the last index a commit appended
 
