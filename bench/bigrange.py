@@ -4,7 +4,7 @@
 
 For each server: load the keys (16-byte values), measure a lone client's put latency (p50/p99) with
 nobody else reading, then again while ``--readers`` clients read every key over and over.  Prints a
-Markdown table; bench/README.md keeps the figures.
+Markdown table; bench/bigrange.md keeps the figures.
 """
 
 from __future__ import annotations
