@@ -30,8 +30,8 @@ ENGINE_TESTS = ["tests/test_engine.py", "tests/test_kv.py", "tests/test_watch.py
 CLIENT_TESTS = ["tests/clients"]
 BELOW_RANGE = "grpcio==1.82.1"  # the release before the oldest supported one
 # the tree as a user's sdist would have it: no venvs, no build output, no extension built in place
-_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv*", "build", "*.so", "__pycache__", "*.egg-info", "*.etcd",
-                                     ".pytest_cache", ".hypothesis", "test-artifacts", "bench")
+_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv*", "build", "*.so", "etcdlite-relay", "__pycache__", "*.egg-info",
+                                     "*.etcd", ".pytest_cache", ".hypothesis", "test-artifacts", "bench")
 
 
 def run(*cmd: str | Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -57,7 +57,7 @@ def wheel_without_compiler(src: Path, bin_dir: Path) -> Path:
     run(bin_dir / "pip", "wheel", "-q", "--no-deps", "-w", dist, src, env={"CC": "/nonexistent/cc"})
     (wheel,) = dist.glob("etcdlite-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    built = [n for n in names if n.endswith(".so")]
+    built = [n for n in names if n.endswith(".so") or n.endswith("/etcdlite-relay")]
     assert not built, f"{wheel.name} has a compiled extension though no compiler was at hand: {built}"
     assert "etcdlite/transport/relay_loop.py" in names and "etcdlite/ui/js/main.js" in names, names
     print(f"{wheel.name}: {len(names)} files, no compiled extension", flush=True)
@@ -108,10 +108,11 @@ def main() -> int:
     new = venv("newest")
     run(new / "pip", "install", "-q", f"{src}[test]")
     found = versions(new)
-    relay = subprocess.run([str(new / "python"), "-c", "from etcdlite.transport.splice import relay_loop_file; "
-                            "print(relay_loop_file()[0])"], capture_output=True, text=True, check=True).stdout.strip()
-    if shutil.which(os.environ.get("CC", "cc")):  # where pip had a compiler, the C loop was built
-        assert relay == "_splice", relay
+    relay = subprocess.run([str(new / "python"), "-c", "from etcdlite.transport import splice; "
+                            "print(splice.relay_command(3, 'x')[0].rsplit('/', 1)[-1], splice.relay_loop_file()[0])"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if shutil.which(os.environ.get("CC", "cc")):  # where pip had a compiler, the C loop was built, twice
+        assert relay == "etcdlite-relay _splice", relay
     print(f"== newest end: {found}, relay loop {relay}", flush=True)
     test_end(new)
     report.append(f"newest ({found}): passed in {time.monotonic() - t:.0f}s")

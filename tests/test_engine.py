@@ -22,7 +22,7 @@ from etcdlite.pb.etcdserverpb import rpc_pb2 as pb
 from etcdlite.pb.etcdserverpb import rpc_pb2_grpc as rpc
 from etcdlite.pb.v3lockpb import v3lock_pb2 as lpb
 from etcdlite.pb.v3lockpb import v3lock_pb2_grpc as lrpc
-from etcdlite.transport import engine
+from etcdlite.transport import engine, splice
 from harness import EtcdProcess, free_port
 
 
@@ -126,14 +126,30 @@ def test_stop_with_open_streams_and_waiting_calls(tmp_path: Path) -> None:
         srv.stop()
 
 
-@pytest.mark.parametrize("python_loop", [False, True], ids=["c-splice", "python-splice"])
-def test_big_messages_through_the_client_port_splice(tmp_path: Path, python_loop: bool) -> None:
-    """Default flags: gRPC reaches the server through the mux's splice thread (its C loop, and the
-    Python one used where the extension was not built). 1 MiB values both ways on 8 connections at
-    once, while HTTP/1.1 is served on the same port."""
-    env = {"ETCDLITE_PY_SPLICE": "1"} if python_loop else None
-    srv = EtcdProcess("etcdlite", tmp_path / "data", args=["--unsafe-no-fsync"], env=env).start()
+RELAY_FORMS = {"program": None, "c-module": {"ETCDLITE_RELAY_MODULE": "1"}, "python": {"ETCDLITE_PY_SPLICE": "1"}}
+
+
+def _relay_argv(server_pid: int) -> list[str]:
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    return [Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1] for pid in children][0]
+
+
+@pytest.mark.parametrize("form", list(RELAY_FORMS))
+def test_big_messages_through_the_client_port_relay(tmp_path: Path, form: str) -> None:
+    """Default flags: gRPC reaches the server through the mux's relay process, in each of its forms (the
+    C loop as a program of its own, the default where a compiler built it; the same loop as an extension
+    module in a bare interpreter; the Python loop used where nothing was built). 1 MiB values both ways
+    on 8 connections at once, while HTTP/1.1 is served on the same port."""
+    if form != "python" and splice.relay_program() is None:
+        pytest.skip("the C relay loop was not built here (no compiler when installing)")
+    srv = EtcdProcess("etcdlite", tmp_path / "data", args=["--unsafe-no-fsync"], env=RELAY_FORMS[form]).start()
     try:
+        assert srv.proc is not None
+        argv = _relay_argv(srv.proc.pid)
+        if form == "program":  # no interpreter in the relay process
+            assert Path(argv[0]).name == "etcdlite-relay", argv
+        else:
+            assert argv[1:4] == ["-I", "-S", "-c"] and argv[-4] == ("_splice" if form == "c-module" else "relay_loop")
         async def one(i: int) -> bool:
             value = hashlib.sha256(str(i).encode()).digest() * (1 << 15)  # 1 MiB
             async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
@@ -208,3 +224,18 @@ def test_cancellations_and_deadlines_under_load_leave_the_server_healthy(tmp_pat
         assert "Traceback" not in log and '"level": "error"' not in log, log[-3000:]
     finally:
         srv.stop()
+
+
+def test_the_relay_program_refuses_a_wrong_command_line() -> None:
+    """etcdlite-relay is started by the server only; by hand it says how, and never runs half-set-up."""
+    import subprocess
+
+    program = splice.relay_program()
+    if program is None:
+        pytest.skip("the C relay loop was not built here (no compiler when installing)")
+    for argv in ([], ["x", "name"], ["3"], ["-1", "name"]):
+        done = subprocess.run([program, *argv], capture_output=True, text=True, timeout=10)
+        assert done.returncode == 2, (argv, done)
+        assert "etcdlite-relay" in done.stderr
+    done = subprocess.run([program, "1000", "name"], capture_output=True, text=True, timeout=10)  # not open
+    assert done.returncode == 1 and "etcdlite-relay" in done.stderr, done

@@ -55,6 +55,7 @@ def _http(port: int, method: str, path: str, body: dict[str, str] | None = None)
 def test_the_installed_package_has_no_extension() -> None:
     assert "site-packages" in Path(etcdlite.__file__).parts, etcdlite.__file__  # the wheel, not the tree
     assert importlib.util.find_spec("etcdlite.transport._splice") is None
+    assert splice.relay_program() is None
     module, path = splice.relay_loop_file()
     assert module == "relay_loop"
     assert Path(path).is_file()

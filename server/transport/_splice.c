@@ -13,12 +13,19 @@
  * open (see report_state).
  *
  * gRPC core refuses a too-large message at its length prefix, in its own words; on the way to the
- * client that trailer is given grpc-go's words, which etcd's clients see (see ``emit_held``). */
+ * client that trailer is given grpc-go's words, which etcd's clients see (see ``emit_held``).
+ *
+ * Built twice: as the extension module ``_splice`` (serve() runs in a bare interpreter), and with
+ * RELAY_PROGRAM defined as the program ``etcdlite-relay CTL_FD NAME`` (setup.py), so the relay process
+ * holds no interpreter: ~1 MiB of memory instead of ~10. */
 #define _GNU_SOURCE
+#ifndef RELAY_PROGRAM
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 
 #include <errno.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -428,34 +435,36 @@ static void run(struct loop *lp) {
     }
 }
 
-static PyObject *serve(PyObject *self, PyObject *args) {
-    int ctl_fd;
-    const char *name;
-    Py_ssize_t name_len;
-    if (!PyArg_ParseTuple(args, "is#", &ctl_fd, &name, &name_len))
+/* A loop relaying what ctl_fd hands over to the abstract unix socket ``name``; NULL and errno on failure. */
+static struct loop *loop_open(int ctl_fd, const char *name, size_t name_len) {
+    if (name_len + 1 > sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        errno = ENAMETOOLONG;
         return NULL;
-    if ((size_t)name_len + 1 > sizeof(((struct sockaddr_un *)0)->sun_path))
-        return PyErr_Format(PyExc_ValueError, "socket name too long");
+    }
     struct loop *lp = calloc(1, sizeof *lp);
     if (lp == NULL)
-        return PyErr_NoMemory();
+        return NULL;
     lp->ctl_fd = ctl_fd;
     lp->ctl_mask = EPOLLIN;
     lp->state_sent = 1;
     lp->target.sun_family = AF_UNIX;
-    memcpy(lp->target.sun_path + 1, name, (size_t)name_len); /* abstract: a NUL, then the name */
-    lp->target_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)name_len);
+    memcpy(lp->target.sun_path + 1, name, name_len); /* abstract: a NUL, then the name */
+    lp->target_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + name_len);
     lp->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
     if (lp->epoll_fd < 0 || epoll_ctl(lp->epoll_fd, EPOLL_CTL_ADD, ctl_fd, &ev) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
+        int err = errno;
         if (lp->epoll_fd >= 0)
             close(lp->epoll_fd);
         free(lp);
+        errno = err;
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    run(lp);
+    return lp;
+}
+
+/* Every relay closed, everything freed. */
+static void loop_close(struct loop *lp) {
     while (lp->relays)
         close_relay(lp, lp->relays);
     while (lp->dead) {
@@ -465,6 +474,53 @@ static PyObject *serve(PyObject *self, PyObject *args) {
     }
     close(lp->epoll_fd);
     free(lp);
+}
+
+#ifdef RELAY_PROGRAM
+/* etcdlite-relay CTL_FD NAME: says "ready" on CTL_FD, relays until it says EOF. It ignores the
+ * terminal's and a process group's stop signals: the server ends it by closing its end of CTL_FD. */
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: etcdlite-relay CTL_FD NAME (started by etcdlite)\n");
+        return 2;
+    }
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    char *end;
+    long ctl_fd = strtol(argv[1], &end, 10);
+    if (*end || ctl_fd < 0 || ctl_fd > 1 << 30) {
+        fprintf(stderr, "etcdlite-relay: bad descriptor %s\n", argv[1]);
+        return 2;
+    }
+    struct loop *lp = loop_open((int)ctl_fd, argv[2], strlen(argv[2]));
+    if (lp == NULL) {
+        perror("etcdlite-relay");
+        return 1;
+    }
+    if (write((int)ctl_fd, "ready", 5) != 5) {
+        perror("etcdlite-relay");
+        return 1;
+    }
+    run(lp);
+    loop_close(lp);
+    return 0;
+}
+#else
+static PyObject *serve(PyObject *self, PyObject *args) {
+    int ctl_fd;
+    const char *name;
+    Py_ssize_t name_len;
+    if (!PyArg_ParseTuple(args, "is#", &ctl_fd, &name, &name_len))
+        return NULL;
+    if ((size_t)name_len + 1 > sizeof(((struct sockaddr_un *)0)->sun_path))
+        return PyErr_Format(PyExc_ValueError, "socket name too long");
+    struct loop *lp = loop_open(ctl_fd, name, (size_t)name_len);
+    if (lp == NULL)
+        return errno == ENOMEM ? PyErr_NoMemory() : PyErr_SetFromErrno(PyExc_OSError);
+    Py_BEGIN_ALLOW_THREADS
+    run(lp);
+    loop_close(lp);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -477,3 +533,4 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_splice", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__splice(void) { return PyModule_Create(&module); }
+#endif

@@ -11,9 +11,10 @@ descriptors like the client's socket: three per connection in one process, again
 the server process holds one (core's end) and the relay process two (the client's socket and its end
 of the unix connection), so either can keep ~RLIMIT_NOFILE/2 connections open.
 
-The loop is C (``_splice.c``, built by ``pip install`` where a compiler is at hand), else Python
-(``relay_loop.py``; ``ETCDLITE_PY_SPLICE=1`` forces it); both are loaded by file in a bare interpreter
-(``python -I -S``), so the process holds nothing of the server's.
+The loop is C (``_splice.c``, built by ``pip install`` where a compiler is at hand): the program
+``etcdlite-relay`` (no interpreter: ~1 MiB of memory), else the same loop as an extension module in a
+bare interpreter (``python -I -S``, ~10 MiB); without a compiler, Python (``relay_loop.py``, loaded by file
+in a bare interpreter; ``ETCDLITE_PY_SPLICE=1`` forces it). The process holds nothing of the server's.
 """
 
 from __future__ import annotations
@@ -53,8 +54,30 @@ class RelayError(RuntimeError):
     """The relay process could not be started."""
 
 
+RELAY_PROGRAM = "etcdlite-relay"
+
+
+def relay_program() -> str | None:
+    """The relay loop built as a program of its own (setup.py), where it was built.
+    ``ETCDLITE_RELAY_MODULE=1`` (tests) runs the extension module in an interpreter instead."""
+    if os.environ.get("ETCDLITE_PY_SPLICE") or os.environ.get("ETCDLITE_RELAY_MODULE"):
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), RELAY_PROGRAM)
+    return path if os.access(path, os.X_OK) else None
+
+
+def relay_command(ctl_fd: int, name: str) -> list[str]:
+    """The relay process's command line: the program, else a bare interpreter running the loop."""
+    program = relay_program()
+    if program is not None:
+        return [program, str(ctl_fd), name]
+    module, path = relay_loop_file()
+    return [sys.executable, "-I", "-S", "-c", _BOOT, module, path, str(ctl_fd), name]
+
+
 def relay_loop_file() -> tuple[str, str]:
-    """(module name, file) of the loop the relay process runs: the C one where it was built."""
+    """(module name, file) of the loop a bare interpreter runs where the program is missing: the C one
+    where it was built."""
     if not os.environ.get("ETCDLITE_PY_SPLICE"):
         spec = importlib.util.find_spec(f"{__package__}._splice")
         if spec is not None and spec.origin:
@@ -87,11 +110,9 @@ class GrpcRelay:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        module, path = relay_loop_file()
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _BOOT, module, path, str(theirs.fileno()), self.name],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+            self._proc = subprocess.Popen(relay_command(theirs.fileno(), self.name),
+                                          pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         except OSError as exc:
             ours.close()
             raise RelayError(f"cannot start the gRPC relay process: {exc}") from None
