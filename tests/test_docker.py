@@ -137,3 +137,32 @@ def test_port_in_use_fails_fast(tmp_path):
     finally:
         first.terminate()
         first.wait(10)
+
+
+def test_the_build_stage_builds_the_relay_program(tmp_path: Path) -> None:
+    """The image's build stage, outside Docker: only what it COPYs, then its `pip wheel`; the wheel
+    carries the C relay program (setup.py builds it; a build stage without setup.py silently fell back to
+    an interpreter in the relay process)."""
+    import shutil
+    import zipfile
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler here (the image's build stage installs gcc)")
+    ins = dockerfile_instructions()
+    first_stage = ins[:[w for w, _ in ins].index("FROM", 1)]
+    for w, rest in first_stage:
+        if w == "COPY":
+            *sources, dest = rest.split()
+            for src in sources:
+                target = tmp_path / "src" / dest / (Path(src).name if dest.endswith("/") else "")
+                if (ROOT / src).is_dir():
+                    shutil.copytree(ROOT / src, target, ignore=shutil.ignore_patterns(
+                        "__pycache__", "*.so", "etcdlite-relay"))
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / src, target)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "dist"), str(tmp_path / "src")], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("etcdlite-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "etcdlite/transport/etcdlite-relay" in names, names
