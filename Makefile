@@ -13,7 +13,7 @@ export ETCDLITE_ARTIFACTS
 .PHONY: install run test test-server test-postgres test-clients test-deps-range postgres lint proto proto-check \
 	bench clean crash-test browser e2e e2e-cluster
 
-$(STAMP): pyproject.toml server/transport/_splice.c server/transport/_tlsrelay.c
+$(STAMP): pyproject.toml setup.py server/transport/_splice.c server/transport/_tlsrelay.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
