@@ -167,6 +167,23 @@ def test_embedded_etcdlites_snapshot_restores_into_postgres_and_leases_start_wit
     assert a.client().ttl(0x1001)["TTL"].ttl > 40  # the others run on
 
 
+def test_alarms_are_restored_into_postgres(server_factory: Callable[..., EtcdProcess], pg_cluster: Any,
+                                           instances: Callable[[str, int], list[EtcdProcess]], tmp_path: Path) -> None:
+    lite = server_factory("etcdlite")
+    member = lite.stubs().maintenance.Status(pb.StatusRequest(), timeout=10).header.member_id
+    lite.client().call("Maintenance.Alarm", pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, memberID=member,
+                                                            alarm=pb.NOSPACE))
+    save(lite, tmp_path / "alarmed.db")
+    lite.stop()
+    url = pg_cluster.new_database()
+    assert restore_into(tmp_path / "alarmed.db", url).returncode == 0
+    for proc in instances(url, 2):
+        alarms = proc.client().call("Maintenance.Alarm", pb.AlarmRequest(action=pb.AlarmRequest.GET))["alarms"]
+        assert alarms == [{"memberID": member, "alarm": "NOSPACE"}]
+        rc, _, err = etcdctl(proc.endpoint, "put", "k", "v")
+        assert rc != 0 and "database space exceeded" in err
+
+
 # -- refusals ------------------------------------------------------------------------------------------------
 
 @pytest.fixture
