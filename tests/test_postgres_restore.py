@@ -136,6 +136,27 @@ def test_real_etcds_snapshot_restores_into_postgres(server_factory: Callable[...
     assert got["kvs"][0]["mod_revision"] == head + 1 and got["header"]["revision"] == head + 1
 
 
+@needs_etcd
+def test_a_killed_etcds_data_dir_imports_into_postgres(server_factory: Callable[..., EtcdProcess], pg_cluster: Any,
+                                                        instances: Callable[[str, int], list[EtcdProcess]]) -> None:
+    """The writes only in etcd's WAL (its database never committed after start-up) are applied too."""
+    from test_etcd_import import NO_COMMITS
+
+    oracle = server_factory("etcd", args=FAST)
+    compacted = workload(oracle.client(), auth=False)
+    before = observe(oracle.client(), compacted)
+    oracle.stop()
+    etcd = server_factory("etcd", args=FAST + NO_COMMITS)
+    assert workload(etcd.client(), auth=False) == compacted
+    etcd.kill()
+    url = pg_cluster.new_database()
+    p = restore_into(etcd.data_dir, url)
+    assert p.returncode == 0 and p.stdout.startswith(f"restored etcd data dir {etcd.data_dir} into {url} "), p.stderr
+    assert "note: applied " in p.stderr and "note: applied 0 " not in p.stderr, p.stderr
+    (proc,) = instances(url, 1)
+    assert observe(proc.client(), compacted) == before
+
+
 # -- an embedded etcdlite into PostgreSQL; leases --------------------------------------------------------------
 
 def test_embedded_etcdlites_snapshot_restores_into_postgres_and_leases_start_with_the_cluster(
