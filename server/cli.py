@@ -101,8 +101,10 @@ async def _serve(cfg: Config) -> None:
 
 
 def snapshot_restore(argv: list[str]) -> int:
-    """``etcdlite snapshot restore SOURCE [--data-dir DIR]``: see ``core.restore``."""
+    """``etcdlite snapshot restore SOURCE [--data-dir DIR | --backend postgres://...]``: see ``core.restore``
+    and ``core.restore_postgres``."""
     import argparse
+    from urllib.parse import urlsplit
 
     from .core.restore import restore
     from .storage.etcd.etcddb import SnapshotError
@@ -111,15 +113,37 @@ def snapshot_restore(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="etcdlite snapshot restore",
                                 description="Make a new data dir from a snapshot that `etcdctl snapshot save` "
                                 "took of etcd or etcdlite, or from a stopped etcd's data dir; then start "
-                                "etcdlite with --data-dir DIR.")
+                                "etcdlite with --data-dir DIR. With --backend postgres://..., write the restored "
+                                "state into that (empty) PostgreSQL database instead; then start etcdlite "
+                                "instances with --backend on it.")
     p.add_argument("source", metavar="FILE|ETCD_DATA_DIR")
     p.add_argument("--name", default="default")
     p.add_argument("--data-dir", default="", help="default: <name>.etcd; must not exist or be empty")
+    p.add_argument("--backend", default="", metavar="postgres://user@host:port/db",
+                   help="restore into this PostgreSQL database (also ETCD_BACKEND or ETCDLITE_BACKEND, unless "
+                   "--data-dir is given); it must hold no etcdlite cluster and no instance may serve it")
     p.add_argument("--skip-hash-check", action="store_true", help="accept a file without a valid SHA-256 trailer")
     args = p.parse_args(argv)
-    data_dir = args.data_dir or f"{args.name}.etcd"
+    backend = args.backend
+    if args.backend and args.data_dir:
+        print("Error: give --data-dir or --backend, not both", file=sys.stderr)
+        return 1
+    if not backend and not args.data_dir:  # as the server reads it: etcd's name for the variable first
+        backend = os.environ.get("ETCD_BACKEND") or os.environ.get("ETCDLITE_BACKEND") or ""
+    if backend and urlsplit(backend).scheme not in ("postgres", "postgresql"):
+        print(f'Error: invalid value "{backend}" for flag -backend: expected postgres://user@host:port/db',
+              file=sys.stderr)
+        return 1
+    target = args.data_dir or f"{args.name}.etcd"
     try:
-        summary = restore(args.source, data_dir, args.skip_hash_check)
+        if backend:
+            from .core.restore_postgres import restore_into_database
+            from .storage.postgres.dsn import redacted
+
+            target = redacted(backend)
+            summary = restore_into_database(args.source, backend, args.skip_hash_check)
+        else:
+            summary = restore(args.source, target, args.skip_hash_check)
     except (StorageError, SnapshotError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
@@ -129,7 +153,7 @@ def snapshot_restore(argv: list[str]) -> int:
         return 1
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
-    print(summary.describe(data_dir))
+    print(summary.describe(target))
     return 0
 
 

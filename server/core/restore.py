@@ -64,14 +64,18 @@ def restore(source: str | os.PathLike[str], data_dir: str | os.PathLike[str],
     target = Path(data_dir)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise StorageError(f'data-dir "{target}" not empty or could not be read')
+    summary, writer = plan(source, skip_hash_check)
+    _write_into_place(target, writer)
+    return summary
+
+
+def plan(source: str | os.PathLike[str], skip_hash_check: bool = False) -> tuple[RestoreSummary, Writer]:
+    """Pass one over the source (everything checked, nothing written) and the writer of pass two."""
     src = Path(source)
     if src.is_dir():
         from .etcd_import import plan_import  # only a data-dir import reads etcd's WAL
-        summary, writer = plan_import(src)
-    else:
-        summary, writer = _plan_file(src, skip_hash_check)
-    _write_into_place(target, writer)
-    return summary
+        return plan_import(src)
+    return _plan_file(src, skip_hash_check)
 
 
 # -- files ---------------------------------------------------------------------------------------

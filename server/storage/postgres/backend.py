@@ -42,6 +42,7 @@ from .dsn import connect_kwargs, redacted
 from .follower import Follower, ReadIndex
 from .keeper import HEARTBEAT, Keeper, member_lock_key
 from .loader import Replay, load
+from .restore import start_restored_leases
 from .schema import MEMBER_LOCK_SPACE, ensure_cluster, known_leader, migrate, to_signed
 
 log = logging.getLogger("etcdlite.postgres")
@@ -84,6 +85,7 @@ class PostgresBackend:
         conn = self._connect_at_start(started)
         try:
             migrate(conn)
+            start_restored_leases(conn)  # a restored database's leases: their TTLs start now
             cluster_id = ensure_cluster(conn, self._config.cluster_id)
             self._check_member_free(conn, started)
             self.keeper.leader_id = known_leader(conn)  # Status names it from the first request on
