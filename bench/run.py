@@ -143,10 +143,11 @@ class Server:
         common = ["--name", "default", "--data-dir", str(self.data), "--listen-client-urls", url,
                   "--advertise-client-urls", url]
         if self.kind == "etcdlite":
+            backend = ["--backend", self.backend] if self.backend else []
             if ETCDLITE_VARIANT:  # e.g. the code of an older tree, for a before/after run
                 return [str(VENV_BIN / "python"), str(ROOT / "bench" / "variant_server.py"), ETCDLITE_VARIANT,
-                        "--", *common]
-            return [str(VENV_BIN / "etcdlite"), *common, *(["--backend", self.backend] if self.backend else [])]
+                        "--", *common, *backend]
+            return [str(VENV_BIN / "etcdlite"), *common, *backend]
         peer = self.peer
         return [str(VENV_BIN / "etcd"), *common, "--listen-peer-urls", peer,
                 "--initial-advertise-peer-urls", peer, "--initial-cluster", f"default={peer}"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import selectors
+import socket
 import threading
 from pathlib import Path
 
@@ -89,6 +91,81 @@ def test_engine_serves_on_its_loop_and_on_any_other(tmp_path: Path, loop_factory
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         assert runner.run(main()) == EXPECTED
+
+
+class _QueueWatcher:
+    """Stands in for an engine on a ``CompletionQueueSelector``: records the loop's waits on the queue alone."""
+
+    wake_fd = -1
+    helper_polling = False
+
+    def __init__(self) -> None:
+        self.brief_waits = 0
+
+    def serve_ready(self) -> int:
+        return 0
+
+    def serve_next(self, seconds: float) -> bool:
+        self.brief_waits += 1
+        return False
+
+    def helper_watch(self, wanted: bool) -> None:
+        pass
+
+
+def test_no_brief_wait_on_the_queue_alone_while_an_answer_is_awaited(monkeypatch) -> None:
+    """A descriptor just registered for reading (a database query in flight: psycopg registers its socket
+    for each answer it waits for) makes the loop sleep on every descriptor at once, not first up to
+    1 ms on gRPC's queue alone; once it was ready, or after AWAITED_SECONDS, the brief wait is back."""
+    selector = engine.CompletionQueueSelector()
+    watcher = _QueueWatcher()
+    selector.engines.append(watcher)  # type: ignore[arg-type]
+    ours, database = socket.socketpair()
+    try:
+        selector.register(ours, selectors.EVENT_READ)  # a query was sent: its answer is awaited
+        assert selector.select(0.01) == [] and watcher.brief_waits == 0
+        assert selector.select(0.01) == [] and watcher.brief_waits == 0  # still awaited
+        database.send(b"answer")
+        assert [key.fileobj for key, _ in selector.select(0.01)] == [ours]
+        ours.recv(16)
+        selector.select(0.01)  # (the last select saw a descriptor ready: no brief wait after it)
+        selector.select(0.01)
+        assert watcher.brief_waits == 1  # answered: nothing awaited any more
+        selector.unregister(ours)
+        selector.register(ours, selectors.EVENT_READ)
+        watcher.helper_polling = True  # the helper thread waits on the queue: the loop must not as well
+        monkeypatch.setattr(engine, "AWAITED_SECONDS", 0.0)  # and a registration this old waits for anything
+        selector.select(0.01)
+        assert watcher.brief_waits == 1
+        watcher.helper_polling = False
+        selector.select(0.01)
+        assert watcher.brief_waits == 2
+    finally:
+        selector.close()
+        ours.close()
+        database.close()
+
+
+def test_the_loop_leaves_the_queue_to_the_helper_while_it_polls() -> None:
+    """Two pollers of one completion queue make each zero-timeout poll cost ~70 µs: while the helper
+    thread waits on the queue, ``serve_ready`` takes only what it handed over."""
+    eng = engine.GrpcEngine({}, [])
+    polls: list[float] = []
+
+    class Queue:
+        def poll(self, deadline: float) -> object:
+            polls.append(deadline)
+            raise AssertionError("polled while the helper polls")
+
+    real_cq, eng._cq = eng._cq, Queue()  # type: ignore[assignment]
+    served: list[object] = []
+    eng._dispatch = served.append  # type: ignore[method-assign]
+    eng._handoff.append("event")
+    eng.helper_polling = True
+    try:
+        assert eng.serve_ready() == 1 and served == ["event"] and polls == []
+    finally:
+        eng._cq = real_cq
 
 
 def test_stop_with_open_streams_and_waiting_calls(tmp_path: Path) -> None:

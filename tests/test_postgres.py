@@ -223,24 +223,22 @@ def test_a_commit_whose_answer_was_lost_is_found_committed(pg_cluster: Any, tmp_
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """COMMIT succeeded but its answer never arrived: the writer looks for its batch in the log once
     reconnected, finds it, and is answered with success (not an error for a write that happened)."""
-    original = psycopg.AsyncPipeline.sync
-    armed = {"syncs": -1}
+    original = psycopg.AsyncPipeline.__aexit__
+    armed = {"on": False}
 
-    async def losing_sync(self: Any) -> None:
-        await original(self)
-        if armed["syncs"] >= 0:
-            armed["syncs"] += 1
-            if armed["syncs"] == 2:  # a commit's second round trip: the COMMIT went through
-                armed["syncs"] = -1
-                raise psycopg.OperationalError("the answer was lost")
+    async def losing_exit(self: Any, *exc: Any) -> None:
+        await original(self, *exc)  # the commit's round trip: the COMMIT went through
+        if armed["on"] and exc[0] is None:
+            armed["on"] = False
+            raise psycopg.OperationalError("the answer was lost")
 
     async def scenario(cores: list[Core]) -> None:
         a, b = cores
         await a.put(put(b"before"), None)
-        monkeypatch.setattr(psycopg.AsyncPipeline, "sync", losing_sync)
-        armed["syncs"] = 0
+        monkeypatch.setattr(psycopg.AsyncPipeline, "__aexit__", losing_exit)
+        armed["on"] = True
         resp = await a.put(put(b"lost", b"answer"), None)
-        assert armed["syncs"] == -1  # the answer was lost indeed
+        assert armed["on"] is False  # the answer was lost indeed
         assert resp.header.revision == 3
         assert (await get(b, b"lost")).kvs[0].value == b"answer"
         assert (await get(a, b"lost")).kvs[0].mod_revision == 3

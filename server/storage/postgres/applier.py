@@ -40,12 +40,12 @@ from .batch import Batch, Pending, apply_committed, time_out
 from .link import Link
 from .loader import FETCH_ROWS, LogGap, Replay, decode_document, encode_document
 from .schema import KIND_ENTRY, KIND_EVENT, KIND_STATE, NOTIFY_CHANNEL, SNAPSHOT_LOCK, WRITER_LOCK
+from .snapshots import SNAPSHOT_CHUNK, store_snapshot
 
 log = logging.getLogger("etcdlite.postgres")
 
 POLL_SECONDS = 0.5  # catch up at least this often, even if no notification came
 REQUEST_TIMEOUT = 7.0  # etcd's: 5 s + 2 election timeouts; then "request timed out"
-SNAPSHOT_CHUNK = 4 * 1024 * 1024
 UNAVAILABLE = (errors.NO_LEADER, errors.TIMEOUT)
 
 # the log after an index, behind one row (idx -1) that holds the newest snapshot's index
@@ -65,6 +65,11 @@ _REVOKE = "DELETE FROM etcdlite_lease WHERE id = ANY(%s::bigint[])"
 _DOCUMENT = ("INSERT INTO etcdlite_state (name, idx, data) VALUES (%s, %s, %s) "
              "ON CONFLICT (name) DO UPDATE SET idx = EXCLUDED.idx, data = EXCLUDED.data")
 
+
+
+def _time_out_waiter(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(errors.TIMEOUT)
 
 
 class LogApplier:
@@ -150,15 +155,22 @@ class LogApplier:
         except Exception:  # noqa: BLE001 - that request's own error, answered to it
             pass
 
-    async def wait_index(self, index: int) -> None:
-        """Until the log up to ``index`` is applied here (a linearizable read's barrier)."""
+    async def wait_index(self, index: int, timeout: float | None = None) -> None:
+        """Until the log up to ``index`` is applied here (a linearizable read's barrier); etcd's
+        "request timed out" after ``timeout`` seconds."""
         if index <= self.index:
             return
         self._wanted = max(self._wanted, index)
         self._wakeup.set()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._applied_waiters, (index, next(self._waiter_ids), fut))
-        await fut
+        timer = None if timeout is None else loop.call_later(timeout, _time_out_waiter, fut)
+        try:
+            await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def catch_up_soon(self) -> None:
         """Catch up once, whatever the log's head (notifications may have been missed)."""
@@ -245,7 +257,8 @@ class LogApplier:
                 self._catch_up_asked, poll_due = False, True
             if self._idle() and self._wanted <= self.index and not poll_due:
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
+                    async with asyncio.timeout(POLL_SECONDS):  # (wait_for would make a task of each wait)
+                        await self._wakeup.wait()
                 except TimeoutError:
                     poll_due = True
                 self._wakeup.clear()
@@ -349,7 +362,7 @@ class LogApplier:
         batch = Batch(secrets.randbits(63), 0)
         ran = False
         try:
-            async with conn.pipeline() as pipe:
+            async with asyncio.timeout(None) as deadline, conn.pipeline() as pipe:
                 await conn.execute("BEGIN")
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
                 # a statement of its own, after the lock: its snapshot sees every commit before ours
@@ -366,7 +379,9 @@ class LogApplier:
                 if batch.rows:
                     await self._append(conn, batch)
                 await conn.execute("COMMIT")
-                await asyncio.wait_for(pipe.sync(), REQUEST_TIMEOUT)
+                # leaving the pipeline sends the Sync and reads the commit's answer: one round trip (a
+                # pipe.sync() here would cost a second one on the way out), within REQUEST_TIMEOUT
+                deadline.reschedule(asyncio.get_running_loop().time() + REQUEST_TIMEOUT)
         except BaseException:
             self._batch = None
             if not ran:
@@ -464,7 +479,8 @@ class LogApplier:
             async with conn.transaction():
                 got = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (SNAPSHOT_LOCK,))).fetchone()
                 if got and got[0]:
-                    await self._store_snapshot(conn, state.index, state.revision, data, chunks)
+                    await store_snapshot(conn, state.index, state.revision, data, chunks)
+                    self.snapshot_index = max(self.snapshot_index, state.index)
         except BaseException as exc:
             for fut in requests:
                 if not fut.done():
@@ -473,18 +489,3 @@ class LogApplier:
         for fut in requests:
             if not fut.done():
                 fut.set_result(data)
-
-    async def _store_snapshot(self, conn: psycopg.AsyncConnection[Any], index: int, revision: int, data: bytes,
-                              chunks: list[bytes]) -> None:
-        cur = await conn.execute(
-            "INSERT INTO etcdlite_snapshot (idx, revision, size, chunks) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (idx) DO NOTHING RETURNING idx", (index, revision, len(data), len(chunks)))
-        if await cur.fetchone() is not None:
-            async with conn.cursor() as chunk_cur:
-                await chunk_cur.executemany("INSERT INTO etcdlite_snapshot_chunk (idx, n, data) VALUES (%s, %s, %s)",
-                                            [(index, n, chunk) for n, chunk in enumerate(chunks)])
-        await conn.execute("DELETE FROM etcdlite_log WHERE idx <= %s", (index,))
-        await conn.execute("DELETE FROM etcdlite_snapshot_chunk WHERE idx < %s", (index,))
-        await conn.execute("DELETE FROM etcdlite_snapshot WHERE idx < %s", (index,))
-        self.snapshot_index = max(self.snapshot_index, index)
-        log.info("saved snapshot", extra={"fields": {"index": index, "revision": revision, "size-bytes": len(data)}})

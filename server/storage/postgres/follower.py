@@ -78,10 +78,9 @@ class ReadIndex:
             if not self._querying:
                 asyncio.get_running_loop().create_task(self._query_loop())
         head = await asyncio.shield(self._next)
-        try:
-            await asyncio.wait_for(self._applier.wait_index(head), REQUEST_TIMEOUT)
-        except TimeoutError:
-            raise errors.TIMEOUT from None
+        # a timer, not wait_for (a task for every read) nor asyncio.timeout (the engine runs a unary
+        # handler outside any task until it waits)
+        await self._applier.wait_index(head, REQUEST_TIMEOUT)
 
     async def _query_loop(self) -> None:
         self._querying = True
@@ -89,7 +88,8 @@ class ReadIndex:
             while self._next is not None:
                 fut, self._next = self._next, None
                 try:
-                    head = await asyncio.wait_for(self._head_retried(), REQUEST_TIMEOUT)
+                    async with asyncio.timeout(REQUEST_TIMEOUT):
+                        head = await self._head_retried()
                 except (psycopg.Error, OSError, TimeoutError):
                     fut.set_exception(errors.NO_LEADER)
                     continue
