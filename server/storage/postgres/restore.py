@@ -26,10 +26,10 @@ from typing import Any
 import psycopg
 
 from ..memory.files import StorageError
-from .applier import SNAPSHOT_CHUNK
 from .dsn import connect_kwargs, redacted
 from .keeper import LIVE_SECONDS
 from .schema import SNAPSHOT_LOCK, WRITER_LOCK, migrate
+from .snapshots import SNAPSHOT_CHUNK
 
 # the tables that hold a cluster's state: any row in one of them and the database is in use
 STATE_TABLES = ("etcdlite_log", "etcdlite_snapshot", "etcdlite_state", "etcdlite_lease")
