@@ -161,8 +161,10 @@ def test_the_build_stage_builds_the_relay_program(tmp_path: Path) -> None:
                 else:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(ROOT / src, target)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path / "dist"), str(tmp_path / "src")], check=True, capture_output=True, timeout=300)
+    # with build isolation, as the image's `pip wheel` (a venv's own setuptools may predate pyproject's ext-modules)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
+                            str(tmp_path / "src")], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("etcdlite-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "etcdlite/transport/etcdlite-relay" in names, names
