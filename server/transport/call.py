@@ -42,7 +42,7 @@ class ServerCall(grpc.aio.ServicerContext):
     _close_watched = False  # a ReceiveCloseOnServer op is with core
     cancelled_by_client = False
     _finished = False
-    _coro: Any = None  # a unary handler, driven by _step
+    _coro: Any = None  # a unary handler (or one message's, see _on_each), driven by _step
     _waiting: asyncio.Future[Any] | None = None  # what it waits for
     _task: asyncio.Task[Any] | None = None  # a streaming handler
     _read_future: asyncio.Future[Any] | None = None
@@ -298,35 +298,7 @@ class ServerCall(grpc.aio.ServicerContext):
             return
         assert self._handler is not None
         self._coro = self._per_message.each(self._handler.request_deserializer(data), self)
-        self._step_each()
-
-    def _step_each(self, _future: Any = None) -> None:
-        """Drive the handler of one message, as ``_step`` does a unary handler."""
-        coro = self._coro
-        waiting, self._waiting = self._waiting, None
-        try:
-            if waiting is not None and waiting.cancelled():
-                yielded = coro.throw(asyncio.CancelledError())
-            else:
-                yielded = coro.send(None)
-        except StopIteration as stop:
-            self._coro = None
-            self._answer_each(stop.value)
-            return
-        except BaseException as exc:  # noqa: BLE001 - every end of a handler becomes a status
-            self._coro = None
-            self._end_each(exc)
-            return
-        if getattr(yielded, "_asyncio_future_blocking", None):
-            yielded._asyncio_future_blocking = False
-            self._waiting = yielded
-            yielded.add_done_callback(self._step_each)
-        elif yielded is None:
-            self._engine.loop.call_soon(self._step_each)
-        else:
-            self._coro = None
-            coro.close()
-            self._end_each(RuntimeError(f"a handler yielded {yielded!r}"))
+        self._step()
 
     def _answer_each(self, response: Any) -> None:
         assert self._handler is not None
@@ -355,7 +327,8 @@ class ServerCall(grpc.aio.ServicerContext):
         self._start((cygrpc.ReceiveCloseOnServerOperation(NO_FLAGS),), self._on_close)
 
     def _step(self, _future: Any = None) -> None:
-        """Run a unary handler until it returns or waits, like a task's step without the task."""
+        """Run a handler coroutine until it returns or waits, like a task's step without the task: a
+        unary handler, or the handler of one message of a one-response-per-request stream."""
         coro = self._coro
         waiting, self._waiting = self._waiting, None
         try:
@@ -365,24 +338,36 @@ class ServerCall(grpc.aio.ServicerContext):
                 yielded = coro.send(None)
         except StopIteration as stop:
             self._coro = None
-            self._finish_response(stop.value)
+            self._returned(stop.value)
             return
         except BaseException as exc:  # noqa: BLE001 - every end of a handler becomes a status
             self._coro = None
-            self._finish_error(exc)
+            self._raised(exc)
             return
         if getattr(yielded, "_asyncio_future_blocking", None):
             yielded._asyncio_future_blocking = False
             self._waiting = yielded
             yielded.add_done_callback(self._step)
-            if not self._close_watched:
-                self._watch_close()  # a waiting call must learn that its client went away
+            if self._per_message is None and not self._close_watched:
+                self._watch_close()  # a waiting unary call must learn that its client went away
         elif yielded is None:  # a bare yield: asyncio.sleep(0)
             self._engine.loop.call_soon(self._step)
         else:
             self._coro = None
             coro.close()
-            self._finish_error(RuntimeError(f"a handler yielded {yielded!r}"))
+            self._raised(RuntimeError(f"a handler yielded {yielded!r}"))
+
+    def _returned(self, response: Any) -> None:
+        if self._per_message is None:
+            self._finish_response(response)
+        else:
+            self._answer_each(response)
+
+    def _raised(self, exc: BaseException) -> None:
+        if self._per_message is None:
+            self._finish_error(exc)
+        else:
+            self._end_each(exc)
 
     def _run_task(self, coro: Any) -> None:
         task = self._engine.loop.create_task(coro, name=f"grpc {self.method.decode(errors='replace')}")
