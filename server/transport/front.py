@@ -82,6 +82,28 @@ class RefusalLog:
             self._timer = None
 
 
+async def listening_sockets(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Non-blocking listening sockets on every address of host:port (port 0 picks one), as etcd listens:
+    SO_REUSEADDR, IPv6 sockets IPv6 only.  If one cannot be made, those made are closed and it raises."""
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, type_, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
 class ConnectionBudget:
     """The descriptors client connections hold in this process, summed over the listeners that take
     them (the mux here, the TLS front of the https URLs), against ``connection_limit()``; and the log
@@ -136,24 +158,11 @@ class ClientPortMux:
     async def listen(self, host: str, port: int) -> int:
         """Listen on every address of host:port (port 0 picks one); returns the first one's port."""
         assert self._loop is not None
-        infos = await self._loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        first = 0
-        for family, type_, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, type_, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                sock.listen(socket.SOMAXCONN)
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                raise
+        socks = await listening_sockets(self._loop, host, port)
+        for sock in socks:
             self._listeners.append(sock)
             self._loop.add_reader(sock.fileno(), self._accept, sock)
-            first = first or sock.getsockname()[1]
-        return first
+        return int(socks[0].getsockname()[1])
 
     @property
     def connections(self) -> int:

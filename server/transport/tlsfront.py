@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .front import ACCEPTS_PER_WAKEUP, RETRY_ACCEPT_SECONDS, ConnectionBudget
+from .front import ACCEPTS_PER_WAKEUP, RETRY_ACCEPT_SECONDS, ConnectionBudget, listening_sockets
 from .httpd import HttpServer
 from .peers import PEERS
 from .tls import ClientCertCheck
@@ -80,27 +80,14 @@ class TlsFront:
         event loop) if given, else nowhere."""
         route = Route(grpc_path, http, plain)
         self._loop = asyncio.get_running_loop()
-        infos = await self._loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        first = 0
-        for family, type_, proto, _, address in dict.fromkeys(infos):  # every address, as the mux
-            sock = socket.socket(family, type_, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                sock.listen(socket.SOMAXCONN)
-            except OSError:
-                sock.close()
-                raise
-            sock.setblocking(False)
+        socks = await listening_sockets(self._loop, host, port)  # every address, as the mux
+        for sock in socks:
             self._listeners.append(sock)
             self._call(functools.partial(self._watch_listener, sock, route))
-            first = first or int(sock.getsockname()[1])
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="client-tls", daemon=True)
             self._thread.start()
-        return first
+        return int(socks[0].getsockname()[1])
 
     # -- called on the thread ----------------------------------------------------------------------
     def count(self, delta: int) -> None:
