@@ -81,9 +81,11 @@ def test_snapshot_restore_makes_a_private_data_dir(mask: int, server_factory: Ca
     rc, out, err = srv.etcdctl("snapshot", "save", str(backup))
     assert rc == 0, err
     restored = tmp_path / "new" / "restored.etcd"
-    p = subprocess.run([sys.executable, "-m", "etcdlite", "snapshot", "restore", str(backup), "--data-dir",
-                        str(restored)], capture_output=True, text=True, timeout=60,
-                       preexec_fn=lambda: os.umask(mask))
+    # The umask is set around the call, not in a preexec_fn: a fork that runs Python in the child lets
+    # grpcio's at-fork handler start a poller thread there, which then aborts when the fds are closed.
+    with umask(mask):
+        p = subprocess.run([sys.executable, "-m", "etcdlite", "snapshot", "restore", str(backup), "--data-dir",
+                            str(restored)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     found = modes(restored)
     assert {"member/auth.json", "member/alarms", "member/wal", "member/snap"} <= found.keys(), found
