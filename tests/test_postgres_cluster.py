@@ -308,6 +308,25 @@ def test_a_dead_reaper_is_replaced_and_leases_still_expire_on_time(cluster: Call
     assert new_leader in members and new_leader != status.leader
 
 
+def test_leases_get_their_full_ttl_again_when_the_whole_cluster_comes_back(cluster: Callable[..., Cluster]) -> None:
+    """As etcd: a lease outlives a cluster that was down longer than its TTL (nobody could keep it alive),
+    with its full TTL from the restart (etcd's lessor refreshes every lease when a member becomes leader)."""
+    c = cluster(2)
+    lease = c.procs[0].stubs().lease.LeaseGrant(pb.LeaseGrantRequest(TTL=5), timeout=5).ID
+    _stub(c.procs[0]).Put(pb.PutRequest(key=b"kept", value=b"x", lease=lease), timeout=5)
+    c.procs[0].kill()  # one crashes, the other is stopped: down either way
+    c.procs[1].stop()
+    time.sleep(6.0)  # past the lease's expiry
+    c.start()
+    restarted = time.monotonic()
+    ttl = c.procs[1].stubs().lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lease, keys=True), timeout=5)
+    assert 2 <= ttl.TTL <= 5 and list(ttl.keys) == [b"kept"], ttl
+    assert _stub(c.procs[0]).Range(pb.RangeRequest(key=b"kept"), timeout=5).kvs
+    while _stub(c.procs[1]).Range(pb.RangeRequest(key=b"kept"), timeout=5).kvs:  # and it still expires
+        assert time.monotonic() < restarted + 5.0 + 1.5, "the lease never expired after the restart"
+        time.sleep(0.05)
+
+
 def _members(proc: EtcdProcess, count: int) -> dict[int, str]:
     """The member list once it shows ``count`` members (others are listed from their first heartbeat)."""
     deadline = time.monotonic() + 10

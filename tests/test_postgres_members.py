@@ -168,11 +168,12 @@ def test_schema_1_is_migrated_for_leader_transfer(pg_cluster: Any) -> None:
     url = pg_cluster.new_database()
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn)
-        conn.execute("ALTER TABLE etcdlite_cluster DROP COLUMN transferee, DROP COLUMN transfer_until")
+        conn.execute("ALTER TABLE etcdlite_cluster DROP COLUMN transferee, DROP COLUMN transfer_until, "
+                     "DROP COLUMN reaped_at")
         conn.execute("UPDATE etcdlite_schema SET version = 1")  # as etcdlite's first schema left it
         assert migrate(conn) == 1
         version = conn.execute("SELECT version FROM etcdlite_schema").fetchone()
         columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns "
                                               "WHERE table_name = 'etcdlite_cluster'").fetchall()}
-    assert version == (SCHEMA_VERSION,) and SCHEMA_VERSION == 2
-    assert {"transferee", "transfer_until"} <= columns
+    assert version == (SCHEMA_VERSION,) and SCHEMA_VERSION == 3
+    assert {"transferee", "transfer_until", "reaped_at"} <= columns

@@ -9,6 +9,11 @@
   so a dead reaper is replaced within a second.  The holder is the cluster's "leader" in Status.
   MoveLeader hands it over: the holder names the transferee in ``etcdlite_cluster`` and lets the lock
   go; until ``HANDOFF_SECONDS`` have passed only the transferee may take it.
+  While it holds the lock it notes the time in ``etcdlite_cluster.reaped_at`` with each heartbeat. A new
+  holder that finds that note older than ``RESUME_AFTER_SECONDS`` (every instance was down, or none could
+  reach the database) first gives every lease its full TTL again, as etcd's lessor does when a member
+  becomes leader (``Promote``): nobody could keep them alive meanwhile.  A reaper replaced within a
+  second or two resumes where the last one stopped, since every keep-alive is already in the table.
 * **Membership**: the instance's row in ``etcdlite_member`` (its member attributes and a heartbeat
   every second) and the live ones (heartbeat within ``LIVE_SECONDS``).  A session lock per member ID
   keeps two instances from serving as one member.
@@ -41,6 +46,8 @@ PULL_WINDOW_SECONDS = 2.0  # renewals are read back over this window (their tran
 SIZE_SECONDS = 5.0
 REVOKE_RETRY_SECONDS = 1.0
 HANDOFF_SECONDS = 3.0  # how long the lock waits for the transferee; then any live instance may take it
+# longer than a reaper's replacement takes (its last note up to a heartbeat old, the lock tried every PULL_SECONDS)
+RESUME_AFTER_SECONDS = 3.0
 TABLES = ("etcdlite_log", "etcdlite_snapshot", "etcdlite_snapshot_chunk", "etcdlite_state", "etcdlite_lease",
           "etcdlite_member", "etcdlite_cluster")
 
@@ -53,7 +60,13 @@ _PULL = ("SELECT clock_timestamp(), coalesce(array_agg(id), '{}'), "
 # the lock is tried only when it is not being handed to another instance (CASE: not even tried then)
 _TRY_LEAD = ("SELECT CASE WHEN transferee IS NULL OR transferee = %s OR transfer_until < clock_timestamp() "
              "THEN pg_try_advisory_lock(%s) ELSE false END, leader FROM etcdlite_cluster WHERE id = 1")
-_LED = "UPDATE etcdlite_cluster SET leader = %s, transferee = NULL, transfer_until = NULL WHERE id = 1"
+_LED = ("UPDATE etcdlite_cluster SET leader = %s, transferee = NULL, transfer_until = NULL, "
+        "reaped_at = clock_timestamp() WHERE id = 1")
+_REAPING = "UPDATE etcdlite_cluster SET reaped_at = clock_timestamp() WHERE id = 1"
+# every lease's full TTL again if no reaper was at work lately (restored ones, at 'infinity', wait for their start)
+_RESUME = ("UPDATE etcdlite_lease SET expires_at = greatest(expires_at, clock_timestamp() + ttl * interval '1 second'), "
+           "renewed_at = clock_timestamp() WHERE expires_at <> 'infinity' AND (SELECT reaped_at IS NULL OR "
+           "reaped_at < clock_timestamp() - %s * interval '1 second' FROM etcdlite_cluster WHERE id = 1)")
 _HAND_OVER = ("UPDATE etcdlite_cluster SET transferee = %s, "
               "transfer_until = clock_timestamp() + %s * interval '1 second' WHERE id = 1")
 _EXPIRED = "SELECT id FROM etcdlite_lease WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT 256"
@@ -183,8 +196,10 @@ class Keeper:
         if row and row[0]:
             self.leader = True
             self.leader_id = self._local.id
+            resumed = (await conn.execute(_RESUME, (RESUME_AFTER_SECONDS,))).rowcount
             await conn.execute(_LED, (to_signed(self._local.id),))
-            log.info("became the lease reaper", extra={"fields": {"member-id": f"{self._local.id:x}"}})
+            log.info("became the lease reaper", extra={"fields": {"member-id": f"{self._local.id:x}",
+                                                                 "leases-given-full-ttl": max(resumed, 0)}})
         elif row and row[1] is not None:
             self.leader_id = to_unsigned(int(row[1]))
 
@@ -242,6 +257,8 @@ class Keeper:
         local = self._local
         await conn.execute(HEARTBEAT, (to_signed(local.id), local.name, ",".join(local.peer_urls),
                                         ",".join(local.client_urls)))
+        if self.leader:
+            await conn.execute(_REAPING)
         await self._read_instances(conn)
 
     async def _read_instances(self, conn: psycopg.AsyncConnection[Any]) -> None:

@@ -2,7 +2,7 @@
 
     etcdlite_schema         the schema version (one row)
     etcdlite_cluster        the cluster's identity (one row), which member holds the reaper lock, and the member it
-                            is being handed to (MoveLeader) until when
+                            is being handed to (MoveLeader) until when, and when a reaper was last at work
     etcdlite_log            the log: (idx, kind, entry, batch); idx gap-free from 1, one row per step
     etcdlite_snapshot       snapshots of the whole key space (``memory.snapshot``'s format), by index,
     etcdlite_snapshot_chunk   in chunks of a few MiB; the log up to a snapshot's index is deleted
@@ -26,7 +26,7 @@ from ..memory.files import StorageError
 
 log = logging.getLogger("etcdlite.postgres")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # advisory lock keys: "etcdlite" and a purpose, as 64-bit numbers nothing else is likely to use
 WRITER_LOCK = 0x6574_6364_6C69_7401  # held by the one instance writing the log (transaction level)
@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS etcdlite_cluster (
     leader bigint NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now(),
     transferee bigint,
-    transfer_until timestamptz);
+    transfer_until timestamptz,
+    reaped_at timestamptz);
 CREATE TABLE IF NOT EXISTS etcdlite_log (
     idx bigint PRIMARY KEY,
     kind smallint NOT NULL,
@@ -89,6 +90,7 @@ CREATE TABLE IF NOT EXISTS etcdlite_member (
 # version -> statements that bring a database of version-1 to it
 _MIGRATIONS: dict[int, str] = {
     2: "ALTER TABLE etcdlite_cluster ADD COLUMN transferee bigint, ADD COLUMN transfer_until timestamptz",  # MoveLeader
+    3: "ALTER TABLE etcdlite_cluster ADD COLUMN reaped_at timestamptz",  # leases resumed after an outage
 }
 
 
