@@ -750,7 +750,9 @@ def test_auth_state_survives_restart(server_factory, targets):
         state = json.loads((lite.data_dir / "member" / "auth.json").read_text())
         assert (lite.data_dir / "member" / "auth.json").stat().st_mode & 0o077 == 0
     assert state["enabled"] is True and {u["name"] for u in state["users"]} == {"root", "u"}
-    assert all(u["password"] and "pw" not in u["password"] for u in state["users"])
+    # bcrypt hashes (base64), not the passwords: "pw" may well occur inside their random characters
+    hashes = [base64.b64decode(u["password"]) for u in state["users"]]
+    assert all(re.fullmatch(rb"\$2a\$\d\d\$[./A-Za-z0-9]{53}", h) for h in hashes), hashes
 
 
 # -- the permission checker, in-process --------------------------------------------------------------
@@ -806,6 +808,23 @@ def test_simple_tokens_expire_after_ttl_since_last_use():
     assert tokens.info(t, 5) is None
     assert tokens.info(t.replace(".1", ".01"), 5) is None
     assert tokens.info(t[:-1] + "2", 5) is None
+
+
+def test_expired_simple_tokens_are_forgotten_by_a_sweep_once_a_second():
+    now = [0.0]
+    tokens = tokenmod.SimpleTokens(ttl=10, clock=lambda: now[0])
+    tokens.enable()
+    prefix = tokens.gen_prefix()
+    first = [tokens.assign("u", i, prefix) for i in range(1, 101)]
+    now[0] = 9.5
+    tokens.assign("u", 101, prefix)  # a sweep: nothing has expired yet
+    now[0] = 10.2  # the first hundred expired, but the next sweep is not due
+    tokens.assign("u", 102, prefix)
+    assert len(tokens._tokens) == 102
+    now[0] = 10.6
+    kept = tokens.assign("u", 103, prefix)
+    assert len(tokens._tokens) == 3  # the hundred expired ones are gone from memory
+    assert all(tokens.info(t, 1) is None for t in first) and tokens.info(kept, 1) is not None
 
 
 def test_a_failed_save_changes_nothing(tmp_path):

@@ -87,6 +87,9 @@ class _SimpleToken:
 _GO_ATOI = re.compile(r"[+-]?[0-9]+")
 
 
+SWEEP_SECONDS = 1.0
+
+
 class SimpleTokens:
     """etcd's simple tokens: ``<16 random letters>.<index>``, valid ``ttl`` seconds since last use.
 
@@ -100,6 +103,7 @@ class SimpleTokens:
         self._enabled = False
         self._tokens: dict[int, _SimpleToken] = {}
         self._index = 0
+        self._next_sweep = 0.0
 
     def enable(self) -> None:
         self._enabled = True
@@ -148,7 +152,12 @@ class SimpleTokens:
         return AuthInfo(entry.username, revision)
 
     def _expire(self) -> None:
+        """Forget expired tokens, at most once a second (as etcd's TTL keeper ticks): a scan of every
+        token on each Authenticate would make a burst of logins quadratic."""
         now = self._clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_SECONDS
         dead = [i for i, t in self._tokens.items() if now > t.expiry]
         for i in dead:
             del self._tokens[i]
